@@ -1,0 +1,178 @@
+// Package queue is hermod's durable store and delivery scheduler.
+//
+// Messages, their per-recipient deliveries, a time index of due work and an
+// ordered event log live in one bbolt file. Writes from many goroutines are
+// grouped into shared transactions so that concurrent submissions share one
+// fsync (see commit.go); a message is acknowledged only after its commit is on
+// disk. The Runner finds due work through the time index, hands each
+// (message, recipient) to a Deliverer and records the result.
+package queue
+
+import (
+	"crypto/rand"
+	"encoding/base32"
+	"encoding/binary"
+	"strings"
+	"time"
+)
+
+// Status is the state of one recipient of a message (DESIGN.md, "VERP and statuses").
+type Status string
+
+// The recipient statuses.
+const (
+	// StatusQueued: accepted, not yet tried.
+	StatusQueued Status = "queued"
+	// StatusDeferred: tried, temporary failure, will be retried.
+	StatusDeferred Status = "deferred"
+	// StatusSent: the remote MX answered 250; a later DSN may still bounce it.
+	StatusSent Status = "sent"
+	// StatusBounced: permanent failure (5xx, DSN, NXDOMAIN, null MX, expiry).
+	StatusBounced Status = "bounced"
+	// StatusSuppressed: not sent because the address is on the suppression list.
+	StatusSuppressed Status = "suppressed"
+)
+
+// Statuses lists every status in display order.
+var Statuses = []Status{StatusQueued, StatusDeferred, StatusSent, StatusBounced, StatusSuppressed}
+
+// Pending reports whether the status still waits for a delivery attempt.
+func (s Status) Pending() bool { return s == StatusQueued || s == StatusDeferred }
+
+// Valid reports whether s is one of the known statuses.
+func (s Status) Valid() bool {
+	for _, v := range Statuses {
+		if s == v {
+			return true
+		}
+	}
+	return false
+}
+
+// Message is the stored envelope and metadata of one accepted message. The
+// message bytes are stored separately (Store.Body).
+type Message struct {
+	ID string `json:"id"`
+	// Account is the company account the mail was sent for; User the SMTP AUTH user.
+	Account string `json:"account,omitempty"`
+	User    string `json:"user,omitempty"`
+	// Ref is the application's own reference (X-Hermod-Ref).
+	Ref string `json:"ref,omitempty"`
+	// Kind is the X-Hermod-Kind of the message.
+	Kind string `json:"kind,omitempty"`
+	// MailFrom is the envelope sender the application gave; HeaderFrom the
+	// From it submitted; From the From that leaves after the sender rule.
+	MailFrom   string `json:"mail_from"`
+	HeaderFrom string `json:"header_from,omitempty"`
+	From       string `json:"from,omitempty"`
+	// MessageIDHeader is the Message-ID header value of the message.
+	MessageIDHeader string `json:"message_id_header,omitempty"`
+	// SigningDomain is the DKIM d= the message was signed with ("" unsigned).
+	SigningDomain string       `json:"signing_domain,omitempty"`
+	Received      time.Time    `json:"received"`
+	Size          int          `json:"size"`
+	Recipients    []*Recipient `json:"recipients"`
+	// Finished is when the last recipient reached a final status (zero while pending).
+	Finished time.Time `json:"finished,omitempty"`
+}
+
+// Recipient is one delivery of a message: its own envelope, status and history.
+type Recipient struct {
+	Index   int    `json:"index"`
+	Address string `json:"address"`
+	// EnvelopeFrom is the VERP return path used for this recipient.
+	EnvelopeFrom string    `json:"envelope_from"`
+	Status       Status    `json:"status"`
+	Reason       string    `json:"reason,omitempty"`
+	Attempts     int       `json:"attempts"`
+	NextAttempt  time.Time `json:"next_attempt,omitempty"`
+	// Last is the most recent event of this recipient (the remote reply kept verbatim).
+	Last   *Event  `json:"last,omitempty"`
+	Events []Event `json:"events"`
+}
+
+// Done reports whether every recipient has reached a final status.
+func (m *Message) Done() bool {
+	for _, r := range m.Recipients {
+		if r.Status == "" || r.Status.Pending() {
+			return false
+		}
+	}
+	return true
+}
+
+// Event is one status change of one recipient: the unit of `queue tail`, the
+// API's event stream and webhooks.
+type Event struct {
+	// Seq orders all events of the store; it only grows.
+	Seq          uint64    `json:"seq"`
+	Time         time.Time `json:"time"`
+	MessageID    string    `json:"message_id"`
+	Index        int       `json:"rcpt_index"`
+	Recipient    string    `json:"recipient"`
+	Account      string    `json:"account,omitempty"`
+	Ref          string    `json:"ref,omitempty"`
+	Status       Status    `json:"status"`
+	Host         string    `json:"host,omitempty"`
+	Code         int       `json:"code,omitempty"`
+	EnhancedCode string    `json:"enhanced_code,omitempty"`
+	Text         string    `json:"text,omitempty"`
+	Reason       string    `json:"reason,omitempty"`
+	// Source says what produced the event: "smtp" (submission), "relay"
+	// (delivery attempt), "dsn", "feedback", "admin", "expiry".
+	Source string `json:"source,omitempty"`
+	// Note carries extra information that does not change the status (a delay DSN).
+	Note string `json:"note,omitempty"`
+	// Attempt is the delivery attempt number for relay events.
+	Attempt int `json:"attempt,omitempty"`
+	// Delay is the time from acceptance to this event.
+	Delay Duration `json:"delay,omitempty"`
+}
+
+// Duration is a time.Duration that reads and writes as seconds in JSON.
+type Duration time.Duration
+
+// MarshalJSON writes the duration as fractional seconds.
+func (d Duration) MarshalJSON() ([]byte, error) {
+	return []byte(strings.TrimRight(strings.TrimRight(
+		formatFloat(time.Duration(d).Seconds()), "0"), ".")), nil
+}
+
+// UnmarshalJSON reads fractional seconds.
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	f, err := parseFloat(string(b))
+	if err != nil {
+		return err
+	}
+	*d = Duration(f * float64(time.Second))
+	return nil
+}
+
+var idEncoding = base32.HexEncoding.WithPadding(base32.NoPadding)
+
+// NewID returns a new message id: 16 lower-case base32hex characters made of
+// 48 bits of milliseconds since the epoch and 32 random bits, so that ids sort
+// by time of acceptance and fit a lower-case-only VERP local part.
+func NewID(now time.Time) string {
+	var b [10]byte
+	ms := uint64(now.UnixMilli())
+	binary.BigEndian.PutUint64(b[:8], ms<<16)
+	if _, err := rand.Read(b[6:]); err != nil {
+		panic(err) // crypto/rand never fails on supported platforms
+	}
+	return strings.ToLower(idEncoding.EncodeToString(b[:]))
+}
+
+// ValidID reports whether s has the form NewID produces.
+func ValidID(s string) bool {
+	if len(s) != 16 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'v') {
+			return false
+		}
+	}
+	return true
+}
