@@ -1,0 +1,276 @@
+package bounce
+
+import (
+	"strings"
+)
+
+// maxDiagnostic bounds Recipient.Diagnostic.
+const maxDiagnostic = 1024
+
+// field is one "Name: value" line of a delivery-status or feedback-report
+// body, unfolded, with the name lower-cased.
+type field struct{ name, value string }
+
+type fieldGroup []field
+
+func (g fieldGroup) get(name string) string {
+	for _, f := range g {
+		if f.name == name {
+			return f.value
+		}
+	}
+	return ""
+}
+
+// parseFields splits a message/delivery-status body into its field groups
+// (RFC 3464 2.1: per-message fields, then per-recipient groups, separated
+// by blank lines). It is lenient: lines without a colon are skipped and
+// folded lines are joined.
+func parseFields(b []byte) []fieldGroup {
+	var groups []fieldGroup
+	var cur fieldGroup
+	for _, line := range strings.Split(strings.ReplaceAll(string(b), "\r\n", "\n"), "\n") {
+		if strings.TrimSpace(line) == "" {
+			if len(cur) > 0 {
+				groups = append(groups, cur)
+				cur = nil
+			}
+			continue
+		}
+		if (line[0] == ' ' || line[0] == '\t') && len(cur) > 0 {
+			last := &cur[len(cur)-1]
+			last.value = strings.TrimSpace(last.value + " " + strings.TrimSpace(line))
+			continue
+		}
+		name, value, ok := strings.Cut(line, ":")
+		if !ok {
+			continue
+		}
+		cur = append(cur, field{
+			name:  strings.ToLower(strings.TrimSpace(name)),
+			value: strings.TrimSpace(value),
+		})
+	}
+	if len(cur) > 0 {
+		groups = append(groups, cur)
+	}
+	return groups
+}
+
+// isRecipientGroup tells per-recipient groups from the per-message one, so
+// that a DSN missing the blank line after the per-message fields still works.
+func isRecipientGroup(g fieldGroup) bool {
+	return g.get("final-recipient") != "" || g.get("original-recipient") != "" || g.get("action") != ""
+}
+
+// parseDSN fills rep from an RFC 3464 message/delivery-status part.
+func parseDSN(env *envelope, rep *Report) {
+	var perMessage fieldGroup
+	for _, g := range parseFields(env.dsn) {
+		if !isRecipientGroup(g) {
+			perMessage = append(perMessage, g...)
+			continue
+		}
+		rep.Recipients = append(rep.Recipients, dsnRecipient(g))
+	}
+	if rep.OriginalEnvelopeFrom == "" {
+		for _, n := range []string{"x-postfix-sender", "x-original-envelope-from", "original-envelope-from"} {
+			if v := perMessage.get(n); v != "" {
+				rep.OriginalEnvelopeFrom = normAddr(v)
+				break
+			}
+		}
+	}
+	var failed, delayed, delivered bool
+	for _, rc := range rep.Recipients {
+		switch rc.Action {
+		case "failed":
+			failed = true
+		case "delayed":
+			delayed = true
+		case "delivered", "relayed", "expanded":
+			delivered = true
+		}
+	}
+	switch {
+	case failed:
+		rep.Kind = KindBounce
+	case delayed:
+		rep.Kind = KindDelay
+	case delivered:
+		rep.Kind = KindDelivered
+	case len(rep.Recipients) > 0:
+		rep.Kind = KindBounce // RFC 3464 requires Action; treat a bare report as failure
+	}
+}
+
+func dsnRecipient(g fieldGroup) Recipient {
+	rc := Recipient{
+		Recipient:         normAddr(g.get("final-recipient")),
+		OriginalRecipient: normAddr(g.get("original-recipient")),
+		Action:            strings.ToLower(firstWord(g.get("action"))),
+		Status:            scanEnhanced(g.get("status")),
+		RemoteMTA:         stripType(g.get("remote-mta")),
+		Diagnostic:        cleanDiag(stripType(g.get("diagnostic-code"))),
+	}
+	if rc.Recipient == "" {
+		rc.Recipient = rc.OriginalRecipient
+	}
+	code, enh := replyCodes(rc.Diagnostic)
+	rc.Code = code
+	if rc.Status == "" || strings.HasSuffix(rc.Status, ".0.0") && enh != "" && enh[0] == rc.Status[0] {
+		// "Status: 5.0.0" with "550 5.1.1 …" in the diagnostic: the
+		// diagnostic is the more precise.
+		if enh != "" {
+			rc.Status = enh
+		}
+	}
+	if rc.Action == "" {
+		switch {
+		case strings.HasPrefix(rc.Status, "5"):
+			rc.Action = "failed"
+		case strings.HasPrefix(rc.Status, "4"):
+			rc.Action = "delayed"
+		case strings.HasPrefix(rc.Status, "2"):
+			rc.Action = "delivered"
+		}
+	}
+	switch rc.Action {
+	case "delivered", "relayed", "expanded":
+		return rc
+	}
+	rc.Reason = Classify(code, rc.Status, rc.Diagnostic)
+	if rc.Action == "failed" && (strings.HasPrefix(rc.Status, "4") || rc.Status == "" && code/100 == 4) {
+		// Postfix and others report the last temporary error when the
+		// queue lifetime runs out; the specific soft reasons stay.
+		switch rc.Reason {
+		case ReasonNetwork, ReasonSystem, ReasonOther, ReasonRateLimited:
+			rc.Reason = ReasonExpired
+		}
+	}
+	rc.Hard = rc.Action == "failed" && rc.Reason.Hard()
+	return rc
+}
+
+// parseARF fills rep from an RFC 5965 message/feedback-report part.
+func parseARF(env *envelope, rep *Report) {
+	rep.Kind = KindFeedback
+	var all fieldGroup
+	for _, g := range parseFields(env.feedback) {
+		all = append(all, g...)
+	}
+	rep.FeedbackType = strings.ToLower(firstWord(all.get("feedback-type")))
+	if v := all.get("original-mail-from"); v != "" && rep.OriginalEnvelopeFrom == "" {
+		rep.OriginalEnvelopeFrom = normAddr(v)
+	}
+	rcpt := normAddr(all.get("original-rcpt-to"))
+	if rcpt == "" && env.returned != nil {
+		rcpt = normAddr(firstAddr(env.returned.Get("To")))
+	}
+	rep.Recipients = []Recipient{{Recipient: rcpt, OriginalRecipient: normAddr(all.get("original-rcpt-to"))}}
+}
+
+func firstWord(s string) string {
+	s = strings.TrimSpace(s)
+	if i := strings.IndexAny(s, " \t;("); i >= 0 {
+		return s[:i]
+	}
+	return s
+}
+
+// stripType removes an RFC 3464 address-type or diagnostic-type prefix
+// ("rfc822;", "smtp;", "dns;", "X-Postfix;").
+func stripType(s string) string {
+	s = strings.TrimSpace(s)
+	if i := strings.IndexByte(s, ';'); i > 0 && i < 20 && !strings.ContainsAny(s[:i], " <@\t") {
+		s = strings.TrimSpace(s[i+1:])
+	}
+	return s
+}
+
+// normAddr turns "rfc822; <Taro@Example.COM>" into "Taro@example.com".
+func normAddr(s string) string {
+	s = stripType(s)
+	s = strings.TrimSpace(strings.Trim(strings.TrimSpace(s), "<>\"'"))
+	if i := strings.IndexAny(s, " \t"); i > 0 {
+		s = s[:i]
+	}
+	s = strings.Trim(s, "<>\"'")
+	at := strings.LastIndexByte(s, '@')
+	if at < 0 {
+		return s
+	}
+	return s[:at] + "@" + strings.ToLower(s[at+1:])
+}
+
+// firstAddr returns the first angle-bracketed address in a header value,
+// or the value itself.
+func firstAddr(s string) string {
+	if i := strings.IndexByte(s, '<'); i >= 0 {
+		if j := strings.IndexByte(s[i:], '>'); j > 0 {
+			return s[i+1 : i+j]
+		}
+	}
+	if i := strings.IndexByte(s, ','); i >= 0 {
+		s = s[:i]
+	}
+	return s
+}
+
+func msgID(s string) string {
+	s = strings.TrimSpace(s)
+	if i := strings.IndexByte(s, '<'); i >= 0 {
+		if j := strings.IndexByte(s[i:], '>'); j > 0 {
+			return s[i+1 : i+j]
+		}
+	}
+	return strings.Trim(s, "<>")
+}
+
+// cleanDiag collapses whitespace, drops the "550-5.1.1 " continuation
+// prefixes that multi-line replies repeat, and bounds the length. Only the
+// reply code the text starts with is dropped, so "said: 550 …" survives.
+func cleanDiag(s string) string {
+	fs := strings.Fields(s)
+	if len(fs) == 0 {
+		return ""
+	}
+	lead := ""
+	if isReplyWord(fs[0]) {
+		lead = fs[0][:3]
+	}
+	out := make([]string, 0, len(fs))
+	for i := 0; i < len(fs); i++ {
+		w := fs[i]
+		if i > 0 && lead != "" && strings.HasPrefix(w, lead) && isReplyWord(w) {
+			if len(w) == 3 && i+1 < len(fs) && scanEnhanced(fs[i+1]) == fs[i+1] {
+				i++ // "550 5.1.1" repeated as the last line's prefix
+			}
+			continue
+		}
+		out = append(out, w)
+	}
+	return truncate(strings.Join(out, " "), maxDiagnostic)
+}
+
+// isReplyWord matches "550", "550-" and "550-5.1.1".
+func isReplyWord(w string) bool {
+	if len(w) < 3 || (w[0] != '4' && w[0] != '5' && w[0] != '2') || !isDigit(w[1]) || !isDigit(w[2]) {
+		return false
+	}
+	if len(w) == 3 {
+		return true
+	}
+	return w[3] == '-' && (len(w) == 4 || scanEnhanced(w[4:]) == w[4:])
+}
+
+// truncate cuts s to at most n bytes on a rune boundary.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && n < len(s) && s[n]&0xC0 == 0x80 {
+		n--
+	}
+	return s[:n]
+}

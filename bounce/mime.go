@@ -1,0 +1,186 @@
+package bounce
+
+import (
+	"bufio"
+	"bytes"
+	"html"
+	"io"
+	"regexp"
+	"strings"
+
+	"github.com/emersion/go-message"
+	"github.com/emersion/go-message/charset"
+	"github.com/emersion/go-message/mail"
+	"github.com/emersion/go-message/textproto"
+)
+
+// Limits that keep hostile input cheap.
+const (
+	maxDepth    = 8       // multipart nesting
+	maxParts    = 200     // MIME parts visited
+	maxPartBody = 1 << 20 // bytes read from one part
+)
+
+// envelope is what the MIME walk collects from a message.
+type envelope struct {
+	header    message.Header
+	subject   string
+	mediaType string
+	params    map[string]string
+
+	texts    []string // text/plain parts outside any returned message
+	htmls    []string // text/html parts, used only when there is no text/plain
+	dsn      []byte   // message/delivery-status
+	feedback []byte   // message/feedback-report
+	mdn      bool     // message/disposition-notification seen
+	returned *textproto.Header
+	parts    int
+}
+
+// parse is Parse without the recover, so that FuzzParse sees panics.
+func parse(raw []byte) *Report {
+	env := readEnvelope(raw)
+	rep := &Report{Kind: KindUnknown, Subject: env.subject}
+	if env.returned != nil {
+		rep.OriginalMessageID = msgID(env.returned.Get("Message-Id"))
+		rep.OriginalEnvelopeFrom = normAddr(env.returned.Get("Return-Path"))
+	}
+	switch {
+	case env.dsn != nil:
+		parseDSN(env, rep)
+		if len(rep.Recipients) > 0 {
+			return rep
+		}
+		// A report that names no recipient: fall back to its human text.
+		parsePlain(env, rep, true)
+		return rep
+	case env.feedback != nil:
+		parseARF(env, rep)
+		return rep
+	case env.mdn:
+		rep.Kind = KindAutoReply
+		return rep
+	}
+	classifyPlain(env, rep)
+	return rep
+}
+
+// readEnvelope walks the MIME tree of raw. A message whose header cannot be
+// read is treated as plain text, so heuristics still get a chance.
+func readEnvelope(raw []byte) *envelope {
+	env := &envelope{}
+	e, err := message.Read(bytes.NewReader(raw))
+	if e == nil || (err != nil && !message.IsUnknownCharset(err) && !message.IsUnknownEncoding(err)) {
+		env.texts = []string{string(raw)}
+		return env
+	}
+	env.header = e.Header
+	h := mail.Header{Header: e.Header}
+	subj, err := h.Subject()
+	if err != nil {
+		subj = e.Header.Get("Subject")
+	}
+	env.subject = decodeJIS(subj)
+	env.mediaType, env.params, _ = e.Header.ContentType()
+	env.walk(e, 0)
+	return env
+}
+
+func (env *envelope) walk(e *message.Entity, depth int) {
+	env.parts++
+	if env.parts > maxParts || depth > maxDepth {
+		return
+	}
+	mt, params, err := e.Header.ContentType()
+	if err != nil || mt == "" {
+		mt = "text/plain"
+	}
+	switch {
+	case strings.HasPrefix(mt, "multipart/"):
+		mr := e.MultipartReader()
+		if mr == nil {
+			return
+		}
+		for {
+			p, err := mr.NextPart()
+			if p == nil || (err != nil && !message.IsUnknownCharset(err) && !message.IsUnknownEncoding(err)) {
+				return
+			}
+			env.walk(p, depth+1)
+			if env.parts > maxParts {
+				return
+			}
+		}
+	case mt == "message/delivery-status" || mt == "message/global-delivery-status":
+		if env.dsn == nil {
+			env.dsn = readPart(e.Body)
+		}
+	case mt == "message/feedback-report":
+		if env.feedback == nil {
+			env.feedback = readPart(e.Body)
+		}
+	case mt == "message/disposition-notification":
+		env.mdn = true
+	case mt == "message/rfc822" || mt == "message/global" || mt == "text/rfc822-headers" ||
+		mt == "message/rfc822-headers" || mt == "message/global-headers":
+		if env.returned == nil {
+			h, err := textproto.ReadHeader(bufio.NewReader(io.LimitReader(e.Body, maxPartBody)))
+			if err == nil || h.Len() > 0 {
+				env.returned = &h
+			}
+		}
+	case mt == "text/plain":
+		b := readPart(e.Body)
+		cs := strings.ToLower(params["charset"])
+		if cs != "iso-2022-jp" {
+			b = []byte(decodeJIS(string(b)))
+		}
+		env.texts = append(env.texts, string(b))
+	case mt == "text/html":
+		env.htmls = append(env.htmls, htmlText(string(readPart(e.Body))))
+	}
+}
+
+func readPart(r io.Reader) []byte {
+	b, _ := io.ReadAll(io.LimitReader(r, maxPartBody))
+	return b
+}
+
+// decodeJIS decodes ISO-2022-JP text that arrived without a charset label,
+// as some Japanese carriers send it (escape sequences in raw 7-bit text).
+func decodeJIS(s string) string {
+	if !strings.Contains(s, "\x1b$B") && !strings.Contains(s, "\x1b$@") {
+		return s
+	}
+	r, err := charset.Reader("iso-2022-jp", strings.NewReader(s))
+	if err != nil {
+		return s
+	}
+	b, err := io.ReadAll(r)
+	if err != nil && len(b) == 0 {
+		return s
+	}
+	return string(b)
+}
+
+var (
+	reHTMLDrop  = regexp.MustCompile(`(?is)<(style|script|head)\b.*?</(style|script|head)\s*>`)
+	reHTMLBreak = regexp.MustCompile(`(?i)<(br|/p|/div|/tr|/li|/h\d|/table)\b[^>]*>`)
+	reHTMLTag   = regexp.MustCompile(`<[^>]*>`)
+)
+
+// htmlText reduces an HTML bounce to text lines good enough for heuristics.
+func htmlText(s string) string {
+	s = reHTMLDrop.ReplaceAllString(s, "")
+	s = reHTMLBreak.ReplaceAllString(s, "\n")
+	s = reHTMLTag.ReplaceAllString(s, "")
+	return html.UnescapeString(s)
+}
+
+// bodyText is the human-readable text of the report.
+func (env *envelope) bodyText() string {
+	if len(env.texts) > 0 {
+		return strings.Join(env.texts, "\n")
+	}
+	return strings.Join(env.htmls, "\n")
+}

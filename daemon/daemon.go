@@ -1,0 +1,430 @@
+// Package daemon assembles hermod from its configuration: the store, the
+// submission and bounce listeners, the delivery runner, domain verification
+// and the API, and runs them until shutdown. cmd/hermod only parses flags and
+// signals; everything a test needs lives here.
+package daemon
+
+import (
+	"context"
+	"crypto"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/hermod-mta/hermod/api"
+	"github.com/hermod-mta/hermod/bounce"
+	"github.com/hermod-mta/hermod/config"
+	"github.com/hermod-mta/hermod/dkim"
+	"github.com/hermod-mta/hermod/domain"
+	"github.com/hermod-mta/hermod/queue"
+	"github.com/hermod-mta/hermod/relay"
+	"github.com/hermod-mta/hermod/sender"
+	"github.com/hermod-mta/hermod/smtpd"
+	"github.com/hermod-mta/hermod/submit"
+	"github.com/hermod-mta/hermod/suppress"
+	"github.com/hermod-mta/hermod/verp"
+)
+
+// StoreFile is the bbolt file inside data_dir.
+const StoreFile = "hermod.db"
+
+// Daemon is a running hermod.
+type Daemon struct {
+	cfg *config.Config
+	log *slog.Logger
+
+	Store    *queue.Store
+	Suppress *suppress.List
+	Domains  *domain.Store
+	Relay    *relay.Relay
+	Runner   *queue.Runner
+	Pipeline *submit.Pipeline
+	Submit   *smtpd.Server
+	Bounces  *smtpd.BounceServer
+	VERP     *verp.Codec
+	// PlatformSigner signs mail from the platform identity.
+	PlatformSigner *dkim.Signer
+
+	apiSrv    *http.Server
+	listeners map[string]net.Listener
+
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// Options are test and benchmark hooks; zero values are right for production.
+type Options struct {
+	// RelayDialer replaces the outbound dialer.
+	RelayDialer func(ctx context.Context, network, addr string) (net.Conn, error)
+	// Now replaces the clock.
+	Now func() time.Time
+	// NoSync turns off fsync (CPU benchmarks only).
+	NoSync bool
+}
+
+// New opens the store and builds every part from cfg. Nothing listens yet.
+func New(cfg *config.Config, log *slog.Logger, o Options) (d *Daemon, err error) {
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create data_dir %s: %w", cfg.DataDir, err)
+	}
+	d = &Daemon{cfg: cfg, log: log, listeners: map[string]net.Listener{}}
+	defer func() {
+		if err != nil {
+			d.closeStore()
+		}
+	}()
+
+	secret, err := verp.LoadOrCreateSecret(cfg.DataPath(cfg.Bounce.VERPSecretFile))
+	if err != nil {
+		return nil, fmt.Errorf("bounce.verp_secret_file: %w", err)
+	}
+	if d.VERP, err = verp.New(secret); err != nil {
+		return nil, fmt.Errorf("bounce.verp_secret_file: %w", err)
+	}
+	alg, err := dkim.ParseAlgorithm(cfg.Sender.DKIMAlgorithm)
+	if err != nil {
+		return nil, fmt.Errorf("sender.dkim_algorithm: %w", err)
+	}
+	key, created, err := dkim.LoadOrCreateKey(cfg.DataPath(cfg.Sender.DKIMKeyFile), alg)
+	if err != nil {
+		return nil, fmt.Errorf("sender.dkim_key_file: %w", err)
+	}
+	if created {
+		log.Info("generated platform DKIM key; publish its record (hermod dkim show)", "file", cfg.DataPath(cfg.Sender.DKIMKeyFile))
+	}
+	d.PlatformSigner = dkim.NewSigner(cfg.Sender.DKIMDomain, cfg.Sender.DKIMSelector, key)
+
+	hooks := &eventHooks{log: log}
+	d.Store, err = queue.Open(filepath.Join(cfg.DataDir, StoreFile), queue.Options{Now: o.Now, Logger: log, Hook: hooks.onEvent, NoSync: o.NoSync})
+	if err != nil {
+		return nil, err
+	}
+	d.Suppress, err = suppress.Open(d.Store.DB(), suppress.Options{Scope: cfg.Suppress.Scope,
+		SoftBounceLimit: cfg.Suppress.SoftBounceLimit, ExpireAfter: cfg.Suppress.ExpireAfter, Now: o.Now})
+	if err != nil {
+		return nil, fmt.Errorf("open suppression list: %w", err)
+	}
+	hooks.suppress = d.Suppress
+
+	d.Relay, err = relay.New(relay.Options{
+		Hostname: cfg.Relay.HELO, Resolvers: cfg.Relay.Resolvers, Port: cfg.Relay.Port, Routes: routes(cfg),
+		Concurrency: cfg.Relay.Concurrency, PerDestination: cfg.Relay.PerDestination,
+		ConnectTimeout: cfg.Relay.ConnectTimeout, CommandTimeout: cfg.Relay.CommandTimeout, DataTimeout: cfg.Relay.DataTimeout,
+		Dialer: o.RelayDialer, Logger: log, Now: o.Now,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("relay: %w", err)
+	}
+	rule := &sender.Rule{DefaultFrom: cfg.Sender.DefaultFrom, DisplayTemplate: cfg.Sender.DisplayName,
+		BounceDomain: cfg.Bounce.Domain, ReturnPathLabel: cfg.Sender.ReturnPathLabel}
+	if err := rule.Validate(); err != nil {
+		return nil, fmt.Errorf("sender: %w", err)
+	}
+	notifier := &ownerMail{hostname: cfg.Hostname, from: cfg.Sender.DefaultFrom, log: log}
+	resolver, err := relay.NewResolver(cfg.Relay.Resolvers, o.Now)
+	if err != nil {
+		return nil, fmt.Errorf("relay.resolvers: %w", err)
+	}
+	d.Domains, err = domain.Open(d.Store.DB(), domain.Options{
+		ReturnPathLabel: cfg.Sender.ReturnPathLabel, BounceHost: cfg.Bounce.Domain, Algorithm: cfg.Sender.DKIMAlgorithm,
+		VerifyTimeout: cfg.Sender.VerifyTimeout, FreemailExtra: cfg.Sender.FreemailExtra,
+		Resolver: resolver, Notifier: notifier, Now: o.Now, Logger: log,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open domains: %w", err)
+	}
+	d.Pipeline = submit.New(submit.Options{
+		Hostname: cfg.Hostname, Rule: rule, PlatformSigner: d.PlatformSigner, VERP: d.VERP,
+		Accounts: accountsView{d.Domains}, Suppressions: suppressionsView{d.Suppress}, Queue: d.Store,
+		Now: o.Now, Logger: log,
+	})
+	notifier.pipeline = d.Pipeline
+	d.Runner = queue.NewRunner(d.Store, &deliverer{relay: d.Relay, suppress: d.Suppress, log: log}, queue.RunnerOptions{
+		Concurrency: cfg.Relay.Concurrency, Retry: cfg.Relay.Retry, MaxAge: cfg.Relay.MaxAge, Jitter: 0.1,
+		OnAttempt: logAttempt(log),
+	})
+	tlsConf, err := loadTLS(cfg)
+	if err != nil {
+		return nil, err
+	}
+	d.Submit = smtpd.New(smtpd.Options{
+		Hostname: cfg.Hostname, Users: users(cfg), MaxMessageBytes: cfg.Submission.MaxMessageBytes,
+		MaxRecipients: cfg.Submission.MaxRecipients, IdleTimeout: cfg.Submission.IdleTimeout,
+		MaxConnections: cfg.Submission.MaxConnections, MaxConnectionsPerIP: cfg.Submission.MaxConnectionsPerIP,
+		TLSConfig: tlsConf, Submitter: d.Pipeline, Logger: log, Now: o.Now,
+	})
+	d.Bounces = smtpd.NewBounceServer(smtpd.BounceOptions{
+		Hostname: cfg.Hostname, BounceDomain: cfg.Bounce.Domain, ReturnPathLabel: cfg.Sender.ReturnPathLabel,
+		MaxMessageBytes: cfg.Bounce.MaxMessageBytes, MaxConnectionsPerIP: cfg.Bounce.MaxConnectionsPerIP,
+		IdleTimeout: cfg.Submission.IdleTimeout, VERP: d.VERP, Intake: &bounceIntake{store: d.Store, suppress: d.Suppress, log: log},
+		Logger: log, Now: o.Now,
+	})
+	return d, nil
+}
+
+// Start binds every listener (so that errors such as a port in use surface
+// here) and starts serving and the background loops.
+func (d *Daemon) Start() error {
+	cfg := d.cfg
+	binds := []struct{ key, addr string }{
+		{"submission.listen", cfg.Submission.Listen}, {"submission.listen_tls", cfg.Submission.ListenTLS},
+		{"bounce.listen", cfg.Bounce.Listen}, {"api.listen", cfg.API.Listen},
+	}
+	for _, b := range binds {
+		if b.addr == "" {
+			continue
+		}
+		l, err := net.Listen("tcp", b.addr)
+		if err != nil {
+			d.closeListeners()
+			return fmt.Errorf("%s: %w", b.key, err)
+		}
+		d.listeners[b.key] = l
+	}
+	token, err := LoadOrCreateToken(cfg.DataPath(cfg.API.TokenFile))
+	if err != nil {
+		d.closeListeners()
+		return fmt.Errorf("api.token_file: %w", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	d.cancel = cancel
+	d.apiSrv = &http.Server{Handler: api.New(api.Options{Token: token, Queue: d.Store, Domains: d.Domains,
+		Suppress: d.Suppress, Mount: d.extraHandlers(), Logger: d.log}), ReadHeaderTimeout: 10 * time.Second}
+
+	d.goRun("runner", func() { d.Runner.Run(ctx) })
+	d.goRun("purge", func() { d.Store.RunPurge(ctx, cfg.Queue.Retention, cfg.Queue.PurgeInterval) })
+	d.goRun("domains", func() { d.Domains.Run(ctx) })
+	if l := d.listeners["submission.listen"]; l != nil {
+		d.goRun("submission", func() { d.serveErr("submission", d.Submit.Serve(l, false)) })
+	}
+	if l := d.listeners["submission.listen_tls"]; l != nil {
+		d.goRun("submission-tls", func() { d.serveErr("submission-tls", d.Submit.Serve(l, true)) })
+	}
+	if l := d.listeners["bounce.listen"]; l != nil {
+		d.goRun("bounce", func() { d.serveErr("bounce", d.Bounces.Serve(l)) })
+	}
+	if l := d.listeners["api.listen"]; l != nil {
+		d.goRun("api", func() {
+			if err := d.apiSrv.Serve(l); !errors.Is(err, http.ErrServerClosed) {
+				d.serveErr("api", err)
+			}
+		})
+	}
+	d.log.Info("hermod started", "submission", addrOf(d.listeners["submission.listen"]),
+		"bounce", addrOf(d.listeners["bounce.listen"]), "api", addrOf(d.listeners["api.listen"]), "config", cfg)
+	return nil
+}
+
+func addrOf(l net.Listener) string {
+	if l == nil {
+		return ""
+	}
+	return l.Addr().String()
+}
+
+// Addr returns the bound address of a listener by its config key
+// ("submission.listen", "bounce.listen", "api.listen"), "" if not listening.
+func (d *Daemon) Addr(key string) string { return addrOf(d.listeners[key]) }
+
+func (d *Daemon) goRun(name string, f func()) {
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		f()
+	}()
+}
+
+func (d *Daemon) serveErr(name string, err error) {
+	if err != nil {
+		d.log.Error("listener stopped", "listener", name, "err", err)
+	}
+}
+
+// Shutdown stops accepting (new sessions get 421 or a refused connection),
+// lets open sessions and deliveries finish until ctx ends, returns
+// unfinished deliveries to the queue and closes the store.
+func (d *Daemon) Shutdown(ctx context.Context) error {
+	var errs []error
+	if d.Submit != nil {
+		errs = append(errs, d.Submit.Shutdown(ctx))
+	}
+	if d.Bounces != nil {
+		errs = append(errs, d.Bounces.Shutdown(ctx))
+	}
+	if d.apiSrv != nil {
+		if err := d.apiSrv.Shutdown(ctx); err != nil {
+			d.apiSrv.Close()
+		}
+	}
+	done := make(chan struct{})
+	go func() {
+		// Give deliveries in progress until ctx to finish, then cut them
+		// short: the runner records them as deferred.
+		<-ctx.Done()
+		if d.cancel != nil {
+			d.cancel()
+		}
+	}()
+	go func() {
+		if d.cancel != nil {
+			// Stop dispatching new work at once; running deliveries see ctx.
+			d.cancel()
+		}
+		d.wg.Wait()
+		close(done)
+	}()
+	<-done
+	d.closeListeners()
+	if d.Relay != nil {
+		d.Relay.Close()
+	}
+	errs = append(errs, d.closeStore())
+	return errors.Join(errs...)
+}
+
+func (d *Daemon) closeListeners() {
+	for _, l := range d.listeners {
+		l.Close()
+	}
+}
+
+func (d *Daemon) closeStore() error {
+	if d.Store == nil {
+		return nil
+	}
+	err := d.Store.Close()
+	d.Store = nil
+	return err
+}
+
+func routes(cfg *config.Config) []relay.Route {
+	var rs []relay.Route
+	for _, r := range cfg.Relay.Routes {
+		rs = append(rs, relay.Route{Domain: r.Domain, Host: r.Host})
+	}
+	return rs
+}
+
+func users(cfg *config.Config) []smtpd.User {
+	var us []smtpd.User
+	for _, u := range cfg.Submission.Users {
+		us = append(us, smtpd.User{Name: u.Name, PasswordHash: u.PasswordHash, Accounts: u.Accounts})
+	}
+	return us
+}
+
+func loadTLS(cfg *config.Config) (*tls.Config, error) {
+	if cfg.Submission.TLSCert == "" {
+		return nil, nil
+	}
+	cert, err := tls.LoadX509KeyPair(cfg.DataPath(cfg.Submission.TLSCert), cfg.DataPath(cfg.Submission.TLSKey))
+	if err != nil {
+		return nil, fmt.Errorf("submission.tls_cert: %w", err)
+	}
+	return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}, nil
+}
+
+// Reload applies what can change without a restart: users, routes, retry
+// schedule and TLS certificates. cfg must already be validated.
+func (d *Daemon) Reload(cfg *config.Config) error {
+	tlsConf, err := loadTLS(cfg)
+	if err != nil {
+		return err
+	}
+	if err := relay.CheckRoutes(routes(cfg)); err != nil {
+		return fmt.Errorf("relay.route: %w", err)
+	}
+	d.Submit.SetUsers(users(cfg))
+	if tlsConf != nil {
+		d.Submit.SetTLSConfig(tlsConf)
+	}
+	d.Relay.SetRoutes(routes(cfg))
+	d.Runner.SetRetry(cfg.Relay.Retry, cfg.Relay.MaxAge)
+	d.log.Info("configuration reloaded", "config", cfg.Path)
+	return nil
+}
+
+// accountsView adapts the domain store to what the submission pipeline needs.
+type accountsView struct{ s *domain.Store }
+
+func (a accountsView) LookupAccount(id string) (bool, bool) {
+	acct, err := a.s.Account(id)
+	if err != nil {
+		return false, false
+	}
+	return true, acct.CustomDomain
+}
+func (a accountsView) IsVerified(accountID, d string) bool { return a.s.IsVerified(accountID, d) }
+func (a accountsView) SigningKey(d string) (string, string, crypto.Signer, bool) {
+	return a.s.SigningKey(d)
+}
+
+// suppressionsView adapts the suppression list to the pipeline.
+type suppressionsView struct{ l *suppress.List }
+
+func (v suppressionsView) Suppressed(account, address string) (string, bool, error) {
+	e, ok, err := v.l.Lookup(account, address)
+	if err != nil {
+		if errors.Is(err, suppress.ErrInvalidAddress) {
+			return "", false, nil
+		}
+		return "", false, err
+	}
+	return e.Reason, ok, nil
+}
+
+// eventHooks run inside the transaction that records each status change.
+type eventHooks struct {
+	suppress *suppress.List
+	log      *slog.Logger
+}
+
+// softCounted are the soft reasons that say something about the recipient's
+// mailbox; a run of them suppresses. Reasons about our own host or message
+// (blocked, rate-limited, policy, spam…) never count against the recipient.
+var softCounted = map[string]bool{string(bounce.ReasonMailboxFull): true, string(bounce.ReasonSuspended): true}
+
+func (h *eventHooks) onEvent(tx *bolt.Tx, m *queue.Message, ev *queue.Event) error {
+	if h.suppress == nil {
+		return nil
+	}
+	switch {
+	case ev.Status == queue.StatusSent && ev.Source == "relay":
+		return ignoreInvalid(h.suppress.RecordSuccessTx(tx, m.Account, ev.Recipient))
+	case ev.Source == "feedback":
+		_, err := h.suppress.AddTx(tx, suppress.Entry{Address: ev.Recipient, Account: m.Account, Reason: "complaint",
+			Source: "feedback", MessageID: m.ID, Detail: ev.Text})
+		return ignoreInvalid(err)
+	case ev.Status == queue.StatusBounced && bounce.Reason(ev.Reason).Hard():
+		_, err := h.suppress.AddTx(tx, suppress.Entry{Address: ev.Recipient, Account: m.Account, Reason: ev.Reason,
+			Source: ev.Source, MessageID: m.ID, Detail: ev.Text})
+		return ignoreInvalid(err)
+	case ev.Status == queue.StatusBounced && softCounted[ev.Reason]:
+		_, _, err := h.suppress.RecordSoftBounceTx(tx, m.Account, ev.Recipient, ev.Reason, m.ID, ev.Text)
+		return ignoreInvalid(err)
+	}
+	return nil
+}
+
+// ignoreInvalid drops the error of an address the suppression list cannot
+// key (an exotic address must not stop a status from being recorded).
+func ignoreInvalid(err error) error {
+	if errors.Is(err, suppress.ErrInvalidAddress) {
+		return nil
+	}
+	return err
+}
+
+func (d *Daemon) extraHandlers() map[string]http.Handler { return nil }

@@ -1,0 +1,263 @@
+// Package dkim creates DKIM keys and signs outgoing mail with them
+// (RFC 6376, RFC 8463 for Ed25519). It is the only package of hermod that
+// imports go-msgauth's dkim package.
+package dkim
+
+import (
+	"crypto"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// Algorithm is a DKIM key algorithm.
+type Algorithm string
+
+const (
+	// AlgorithmRSA is a 2048-bit RSA key (rsa-sha256), understood by every
+	// verifier.
+	AlgorithmRSA Algorithm = "rsa"
+	// AlgorithmEd25519 is an Ed25519 key (ed25519-sha256, RFC 8463).
+	AlgorithmEd25519 Algorithm = "ed25519"
+)
+
+// rsaBits is the size of generated RSA keys: RFC 8301 3.2 says signers
+// SHOULD use at least 2048 bits.
+const rsaBits = 2048
+
+// minRSABits is the smallest RSA key accepted from a file: RFC 8301 3.2 says
+// verifiers MUST NOT accept signatures made with smaller keys.
+const minRSABits = 1024
+
+// ParseAlgorithm parses a configured algorithm name. The empty string means
+// AlgorithmRSA. It returns an error for any other unknown name.
+func ParseAlgorithm(s string) (Algorithm, error) {
+	switch a := Algorithm(strings.ToLower(strings.TrimSpace(s))); a {
+	case "":
+		return AlgorithmRSA, nil
+	case AlgorithmRSA, AlgorithmEd25519:
+		return a, nil
+	}
+	return "", fmt.Errorf("dkim: unknown key algorithm %q (want %q or %q)", s, AlgorithmRSA, AlgorithmEd25519)
+}
+
+// GenerateKey returns a new private key for alg. It returns an error for an
+// unknown algorithm or when the system's random source fails.
+func GenerateKey(alg Algorithm) (crypto.Signer, error) {
+	switch alg {
+	case AlgorithmRSA:
+		k, err := rsa.GenerateKey(rand.Reader, rsaBits)
+		if err != nil {
+			return nil, fmt.Errorf("dkim: generate RSA key: %w", err)
+		}
+		return k, nil
+	case AlgorithmEd25519:
+		_, k, err := ed25519.GenerateKey(rand.Reader)
+		if err != nil {
+			return nil, fmt.Errorf("dkim: generate Ed25519 key: %w", err)
+		}
+		return k, nil
+	}
+	return nil, fmt.Errorf("dkim: unknown key algorithm %q", alg)
+}
+
+// MarshalKey encodes k as a PEM "PRIVATE KEY" block (PKCS #8). It returns
+// an error for keys other than *rsa.PrivateKey and ed25519.PrivateKey.
+func MarshalKey(k crypto.Signer) ([]byte, error) {
+	if _, err := algorithmOf(k.Public()); err != nil {
+		return nil, err
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(k)
+	if err != nil {
+		return nil, fmt.Errorf("dkim: marshal key: %w", err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), nil
+}
+
+// ParseKey decodes the first PEM block of pemBytes: a PKCS #8 "PRIVATE KEY"
+// (as written by MarshalKey) or, for keys made by other tools, a PKCS #1
+// "RSA PRIVATE KEY". It returns an error when there is no such block, when
+// the key is neither RSA nor Ed25519, or when an RSA key is shorter than
+// 1024 bits.
+func ParseKey(pemBytes []byte) (crypto.Signer, error) {
+	block, _ := pem.Decode(pemBytes)
+	if block == nil {
+		return nil, errors.New("dkim: no PEM block in key data")
+	}
+	var (
+		key any
+		err error
+	)
+	switch block.Type {
+	case "PRIVATE KEY":
+		key, err = x509.ParsePKCS8PrivateKey(block.Bytes)
+	case "RSA PRIVATE KEY":
+		key, err = x509.ParsePKCS1PrivateKey(block.Bytes)
+	default:
+		return nil, fmt.Errorf("dkim: unsupported PEM block %q", block.Type)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("dkim: parse key: %w", err)
+	}
+	switch k := key.(type) {
+	case *rsa.PrivateKey:
+		if bits := k.N.BitLen(); bits < minRSABits {
+			return nil, fmt.Errorf("dkim: RSA key has %d bits, need at least %d", bits, minRSABits)
+		}
+		return k, nil
+	case ed25519.PrivateKey:
+		return k, nil
+	}
+	return nil, fmt.Errorf("dkim: unsupported key type %T", key)
+}
+
+// LoadOrCreateKey reads the key stored at path, or, when there is no file
+// there, generates one for alg and stores it. created reports which
+// happened. An existing key is returned as it is, whatever its algorithm.
+//
+// A new key is written with mode 0600 to a temporary file in the same
+// directory (created with mode 0700 if missing) and then linked into place,
+// so that a reader never sees a partial file and two concurrent creators
+// end up sharing one key. It returns an error when the file cannot be read
+// or parsed, or the new key cannot be stored.
+func LoadOrCreateKey(path string, alg Algorithm) (key crypto.Signer, created bool, err error) {
+	key, err = loadKey(path)
+	if err == nil {
+		return key, false, nil
+	}
+	if !errors.Is(err, fs.ErrNotExist) {
+		return nil, false, err
+	}
+
+	key, err = GenerateKey(alg)
+	if err != nil {
+		return nil, false, err
+	}
+	data, err := MarshalKey(key)
+	if err != nil {
+		return nil, false, err
+	}
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, false, fmt.Errorf("dkim: create key directory: %w", err)
+	}
+	tmp, err := writeTemp(dir, data)
+	if err != nil {
+		return nil, false, err
+	}
+	defer os.Remove(tmp) // after a successful link or rename this is a no-op or removes the extra name
+
+	// os.Link fails when path exists, unlike os.Rename, so a key someone
+	// else stored meanwhile (and may already have published) is never
+	// replaced. Fall back to rename on file systems without hard links.
+	if err := os.Link(tmp, path); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			key, err := loadKey(path)
+			return key, false, err
+		}
+		if err := os.Rename(tmp, path); err != nil {
+			return nil, false, fmt.Errorf("dkim: store key: %w", err)
+		}
+	}
+	syncDir(dir)
+	return key, true, nil
+}
+
+// loadKey reads and parses the key file at path. Errors wrap the
+// fs.ErrNotExist of a missing file.
+func loadKey(path string) (crypto.Signer, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("dkim: read key: %w", err)
+	}
+	key, err := ParseKey(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return key, nil
+}
+
+// writeTemp writes data to a new mode 0600 file in dir, flushed to disk,
+// and returns its name.
+func writeTemp(dir string, data []byte) (string, error) {
+	f, err := os.CreateTemp(dir, ".dkim-key-*.tmp")
+	if err != nil {
+		return "", fmt.Errorf("dkim: create temporary key file: %w", err)
+	}
+	name := f.Name()
+	fail := func(err error) (string, error) {
+		f.Close()
+		os.Remove(name)
+		return "", fmt.Errorf("dkim: write temporary key file: %w", err)
+	}
+	// CreateTemp already uses 0600; Chmod makes it independent of that detail.
+	if err := f.Chmod(0o600); err != nil {
+		return fail(err)
+	}
+	if _, err := f.Write(data); err != nil {
+		return fail(err)
+	}
+	if err := f.Sync(); err != nil {
+		return fail(err)
+	}
+	if err := f.Close(); err != nil {
+		os.Remove(name)
+		return "", fmt.Errorf("dkim: write temporary key file: %w", err)
+	}
+	return name, nil
+}
+
+// syncDir makes a new directory entry durable. Failure is ignored: the key
+// is already usable, and some systems cannot fsync directories.
+func syncDir(dir string) {
+	d, err := os.Open(dir)
+	if err != nil {
+		return
+	}
+	d.Sync()
+	d.Close()
+}
+
+// TXTRecord returns the DNS TXT record that publishes pub under
+// "<selector>._domainkey.<domain>" (RFC 6376 3.6.1): "v=DKIM1; k=rsa;
+// p=<SubjectPublicKeyInfo>" or "v=DKIM1; k=ed25519; p=<raw key>" (RFC 8463),
+// base64-encoded. An RSA-2048 record is longer than 255 bytes, so whoever
+// publishes it must split it into several strings of one record. It returns
+// an error for keys other than *rsa.PublicKey and ed25519.PublicKey.
+func TXTRecord(pub crypto.PublicKey) (string, error) {
+	alg, err := algorithmOf(pub)
+	if err != nil {
+		return "", err
+	}
+	var raw []byte
+	switch alg {
+	case AlgorithmRSA:
+		raw, err = x509.MarshalPKIXPublicKey(pub)
+		if err != nil {
+			return "", fmt.Errorf("dkim: marshal public key: %w", err)
+		}
+	case AlgorithmEd25519:
+		raw = pub.(ed25519.PublicKey)
+	}
+	return "v=DKIM1; k=" + string(alg) + "; p=" + base64.StdEncoding.EncodeToString(raw), nil
+}
+
+// algorithmOf returns the Algorithm of a public key.
+func algorithmOf(pub crypto.PublicKey) (Algorithm, error) {
+	switch pub.(type) {
+	case *rsa.PublicKey:
+		return AlgorithmRSA, nil
+	case ed25519.PublicKey:
+		return AlgorithmEd25519, nil
+	}
+	return "", fmt.Errorf("dkim: unsupported key type %T", pub)
+}

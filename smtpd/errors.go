@@ -1,0 +1,24 @@
+package smtpd
+
+import (
+	"fmt"
+
+	"github.com/emersion/go-smtp"
+)
+
+// reply builds the one kind of error session methods return: go-smtp detects
+// *smtp.SMTPError by type assertion, so it must never be wrapped.
+func reply(code int, enhanced smtp.EnhancedCode, format string, args ...any) *smtp.SMTPError {
+	return &smtp.SMTPError{Code: code, EnhancedCode: enhanced, Message: fmt.Sprintf(format, args...)}
+}
+
+// Reply codes used in more than one place.
+var (
+	errAuthRequired = reply(530, smtp.EnhancedCode{5, 7, 0}, "Authentication required: log in with AUTH PLAIN or LOGIN before MAIL")
+	errAuthFailed   = reply(535, smtp.EnhancedCode{5, 7, 8}, "Authentication credentials invalid")
+	errAuthLocked   = reply(454, smtp.EnhancedCode{4, 7, 0}, "Too many failed logins from your address; try again later")
+	errLocal        = reply(451, smtp.EnhancedCode{4, 3, 0}, "Local error in processing; try again later")
+	errStorage      = reply(452, smtp.EnhancedCode{4, 3, 1}, "Insufficient system storage; message not accepted, try again later")
+	errTooBig       = reply(552, smtp.EnhancedCode{5, 3, 4}, "Message size exceeds the fixed maximum message size")
+	errShutdown     = reply(421, smtp.EnhancedCode{4, 3, 2}, "Service shutting down; try again later")
+)

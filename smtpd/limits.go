@@ -1,0 +1,84 @@
+package smtpd
+
+import (
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+)
+
+// limitListener refuses connections beyond a total and a per-address cap
+// with a 421 greeting, before any session state is created.
+type limitListener struct {
+	net.Listener
+	total, perIP int
+	domain       string
+
+	mu     sync.Mutex
+	open   int
+	byAddr map[netip.Addr]int
+}
+
+func newLimitListener(l net.Listener, total, perIP int, domain string) *limitListener {
+	return &limitListener{Listener: l, total: total, perIP: perIP, domain: domain, byAddr: map[netip.Addr]int{}}
+}
+
+func (l *limitListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		addr := remoteAddr(c)
+		l.mu.Lock()
+		over := l.total > 0 && l.open >= l.total || l.perIP > 0 && l.byAddr[addr] >= l.perIP
+		if !over {
+			l.open++
+			l.byAddr[addr]++
+		}
+		l.mu.Unlock()
+		if over {
+			go func() {
+				c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+				c.Write([]byte("421 4.7.0 " + l.domain + " Too many connections from your address or in total; try again later\r\n"))
+				c.Close()
+			}()
+			continue
+		}
+		return &countedConn{Conn: c, release: func() { l.release(addr) }}, nil
+	}
+}
+
+func (l *limitListener) release(addr netip.Addr) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.open--
+	if l.byAddr[addr]--; l.byAddr[addr] <= 0 {
+		delete(l.byAddr, addr)
+	}
+}
+
+type countedConn struct {
+	net.Conn
+	once    sync.Once
+	release func()
+}
+
+func (c *countedConn) Close() error {
+	c.once.Do(c.release)
+	return c.Conn.Close()
+}
+
+// remoteAddr returns the client IP of c (unspecified if unknown).
+func remoteAddr(c net.Conn) netip.Addr {
+	if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
+		return ap.Addr().Unmap()
+	}
+	return netip.IPv6Unspecified()
+}
+
+// isLoopbackListener reports whether l only accepts loopback connections.
+func isLoopbackListener(l net.Listener) bool {
+	ap, err := netip.ParseAddrPort(l.Addr().String())
+	return err == nil && ap.Addr().Unmap().IsLoopback()
+}

@@ -1,0 +1,289 @@
+// Package verp encodes and verifies the per-recipient envelope senders hermod
+// delivers with (VERP, variable envelope return path).
+//
+// Every recipient of every message is delivered with its own envelope sender
+//
+//	bounce-md_<token>@<bounce host>
+//
+// so that a bounce arriving at the bounce listener names the message and the
+// recipient it is about without parsing the bounce body. The token carries a
+// truncated HMAC so that a forged bounce cannot put an arbitrary address on the
+// suppression list.
+//
+// # Token format (version 1)
+//
+// The token is exactly TokenLen (27) characters of lower-case base32hex
+// (RFC 4648 section 7, alphabet "0123456789abcdefghijklmnopqrstuv", no padding):
+//
+//	offset  0..15  message id, verbatim (16 chars = 10 bytes)
+//	offset 16..18  recipient index, 3 base32hex digits, big-endian, zero-padded (0..9999)
+//	offset 19..26  MAC: the first 40 bits (5 bytes) of
+//	               HMAC-SHA256(secret, "hermod-verp-v1|" + msgID + "|" + decimal(rcpt)),
+//	               base32hex-encoded (8 chars)
+//
+// The local part Prefix+token is 37 octets, well under the 64 of RFC 5321
+// 4.5.3.1.1. Only lower-case letters and digits are used because some MTAs fold
+// the case of local parts; Decode folds ASCII upper case before verifying.
+package verp
+
+import (
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+)
+
+// Prefix starts the local part of every VERP envelope sender.
+const Prefix = "bounce-md_"
+
+const (
+	// MsgIDLen is the length of a hermod message id: 10 bytes in base32hex.
+	MsgIDLen = 16
+	// MaxRecipients bounds the recipient index: valid indices are 0..MaxRecipients-1.
+	MaxRecipients = 10000
+	rcptLen       = 3 // 32^3 = 32768 > MaxRecipients
+	macLen        = 8 // 40 bits
+	// TokenLen is the exact length of a token returned by Encode.
+	TokenLen = MsgIDLen + rcptLen + macLen
+	// MinSecretLen is the shortest secret New accepts.
+	MinSecretLen = 16
+	// secretLen is the size LoadOrCreateSecret generates.
+	secretLen = 32
+
+	alphabet   = "0123456789abcdefghijklmnopqrstuv"
+	macContext = "hermod-verp-v1|"
+)
+
+// ErrInvalid is wrapped by every error Decode and ParseAddress return.
+var ErrInvalid = errors.New("verp: invalid address")
+
+// Codec encodes and verifies tokens with one secret. It is safe for
+// concurrent use.
+type Codec struct {
+	secret []byte
+}
+
+// New returns a Codec using secret, which is copied. It returns an error if
+// the secret is shorter than MinSecretLen bytes.
+func New(secret []byte) (*Codec, error) {
+	if len(secret) < MinSecretLen {
+		return nil, fmt.Errorf("verp: secret is %d bytes, need at least %d", len(secret), MinSecretLen)
+	}
+	return &Codec{secret: append([]byte(nil), secret...)}, nil
+}
+
+// ValidMessageID reports whether id is a hermod message id: exactly MsgIDLen
+// characters of lower-case base32hex.
+func ValidMessageID(id string) bool {
+	if len(id) != MsgIDLen {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		if digit(id[i]) < 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// Encode returns the token (without Prefix) for recipient rcpt of message
+// msgID, in the format described in the package documentation.
+//
+// Encode panics if msgID is not a valid message id (see ValidMessageID) or rcpt
+// is outside 0..MaxRecipients-1: both come from the queue, never from the
+// network, so either is a programming error, and an envelope sender that could
+// never be decoded would silently lose every bounce for it.
+func (c *Codec) Encode(msgID string, rcpt int) string {
+	if !ValidMessageID(msgID) {
+		panic(fmt.Sprintf("verp: Encode: invalid message id %q", msgID))
+	}
+	if rcpt < 0 || rcpt >= MaxRecipients {
+		panic(fmt.Sprintf("verp: Encode: recipient index %d out of range", rcpt))
+	}
+	var b [TokenLen]byte
+	copy(b[:], msgID)
+	putRcpt(b[MsgIDLen:MsgIDLen+rcptLen], rcpt)
+	c.putMAC(b[MsgIDLen+rcptLen:], msgID, rcpt)
+	return string(b[:])
+}
+
+// LocalPart returns Prefix followed by Encode(msgID, rcpt); it panics as Encode does.
+func (c *Codec) LocalPart(msgID string, rcpt int) string {
+	return Prefix + c.Encode(msgID, rcpt)
+}
+
+// Decode verifies token (without Prefix) and returns the message id and
+// recipient index it names. ASCII upper case is folded to lower case first.
+// Every error wraps ErrInvalid: wrong length, a character outside base32hex,
+// a recipient index out of range, or a MAC that does not match (compared in
+// constant time).
+func (c *Codec) Decode(token string) (msgID string, rcpt int, err error) {
+	if len(token) != TokenLen {
+		return "", 0, fmt.Errorf("%w: token length %d, want %d", ErrInvalid, len(token), TokenLen)
+	}
+	var b [TokenLen]byte
+	for i := 0; i < len(token); i++ {
+		ch := token[i]
+		if 'A' <= ch && ch <= 'Z' {
+			ch += 'a' - 'A'
+		}
+		if digit(ch) < 0 {
+			return "", 0, fmt.Errorf("%w: bad character at offset %d", ErrInvalid, i)
+		}
+		b[i] = ch
+	}
+	rcpt = 0
+	for _, ch := range b[MsgIDLen : MsgIDLen+rcptLen] {
+		rcpt = rcpt*32 + digit(ch)
+	}
+	if rcpt >= MaxRecipients {
+		return "", 0, fmt.Errorf("%w: recipient index %d out of range", ErrInvalid, rcpt)
+	}
+	msgID = string(b[:MsgIDLen])
+	var want [macLen]byte
+	c.putMAC(want[:], msgID, rcpt)
+	if subtle.ConstantTimeCompare(want[:], b[MsgIDLen+rcptLen:]) != 1 {
+		return "", 0, fmt.Errorf("%w: bad MAC", ErrInvalid)
+	}
+	return msgID, rcpt, nil
+}
+
+// ParseAddress decodes a full VERP address such as
+// "bounce-md_<token>@host", optionally in angle brackets and in any ASCII
+// case. The host is not checked. Every error wraps ErrInvalid.
+func (c *Codec) ParseAddress(addr string) (msgID string, rcpt int, err error) {
+	a := strings.TrimSpace(addr)
+	if strings.HasPrefix(a, "<") && strings.HasSuffix(a, ">") {
+		a = a[1 : len(a)-1]
+	}
+	at := strings.LastIndexByte(a, '@')
+	if at < 0 || at == len(a)-1 {
+		return "", 0, fmt.Errorf("%w: %q is not an address", ErrInvalid, addr)
+	}
+	local := a[:at]
+	if len(local) < len(Prefix) || !strings.EqualFold(local[:len(Prefix)], Prefix) {
+		return "", 0, fmt.Errorf("%w: local part of %q does not start with %q", ErrInvalid, addr, Prefix)
+	}
+	msgID, rcpt, err = c.Decode(local[len(Prefix):])
+	if err != nil {
+		return "", 0, fmt.Errorf("address %q: %w", addr, err)
+	}
+	return msgID, rcpt, nil
+}
+
+func (c *Codec) putMAC(dst []byte, msgID string, rcpt int) {
+	m := hmac.New(sha256.New, c.secret)
+	var in [len(macContext) + MsgIDLen + 1 + 4]byte
+	buf := append(in[:0], macContext...)
+	buf = append(buf, msgID...)
+	buf = append(buf, '|')
+	buf = strconv.AppendInt(buf, int64(rcpt), 10)
+	m.Write(buf)
+	var sum [sha256.Size]byte
+	s := m.Sum(sum[:0])
+	// 5 bytes = 40 bits = 8 base32 digits, most significant first.
+	v := uint64(s[0])<<32 | uint64(s[1])<<24 | uint64(s[2])<<16 | uint64(s[3])<<8 | uint64(s[4])
+	for i := macLen - 1; i >= 0; i-- {
+		dst[i] = alphabet[v&31]
+		v >>= 5
+	}
+}
+
+func putRcpt(dst []byte, rcpt int) {
+	for i := len(dst) - 1; i >= 0; i-- {
+		dst[i] = alphabet[rcpt&31]
+		rcpt >>= 5
+	}
+}
+
+// digit returns the value of a lower-case base32hex digit, or -1.
+func digit(ch byte) int {
+	switch {
+	case '0' <= ch && ch <= '9':
+		return int(ch - '0')
+	case 'a' <= ch && ch <= 'v':
+		return int(ch-'a') + 10
+	}
+	return -1
+}
+
+// LoadOrCreateSecret returns the VERP secret stored hex-encoded in the file at
+// path. If the file does not exist, it creates it with 32 random bytes, mode
+// 0600, creating missing directories with mode 0700. Creation is atomic: the
+// secret is written and synced to a temporary file which is then hard-linked
+// into place, so a concurrent caller or a crash never leaves a partial file,
+// and a file created concurrently by another process wins and is returned.
+//
+// It returns an error if the file cannot be read or created, or if an existing
+// file does not hold at least MinSecretLen hex-encoded bytes.
+func LoadOrCreateSecret(path string) ([]byte, error) {
+	secret, err := readSecret(path)
+	if err == nil || !errors.Is(err, fs.ErrNotExist) {
+		return secret, err
+	}
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("verp: create secret directory: %w", err)
+	}
+	secret = make([]byte, secretLen)
+	if _, err := rand.Read(secret); err != nil {
+		return nil, fmt.Errorf("verp: generate secret: %w", err)
+	}
+	f, err := os.CreateTemp(dir, ".verp-secret-*") // CreateTemp uses mode 0600
+	if err != nil {
+		return nil, fmt.Errorf("verp: create secret: %w", err)
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp)
+	if err := f.Chmod(0o600); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("verp: create secret: %w", err)
+	}
+	if _, err := f.WriteString(hex.EncodeToString(secret) + "\n"); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("verp: write secret: %w", err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("verp: write secret: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return nil, fmt.Errorf("verp: write secret: %w", err)
+	}
+	// Link, unlike Rename, fails if path exists, so a secret created meanwhile
+	// by another process is never replaced.
+	if err := os.Link(tmp, path); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return readSecret(path)
+		}
+		return nil, fmt.Errorf("verp: install secret: %w", err)
+	}
+	if d, err := os.Open(dir); err == nil {
+		_ = d.Sync() // best effort: make the new directory entry durable
+		d.Close()
+	}
+	return secret, nil
+}
+
+func readSecret(path string) ([]byte, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("verp: read secret: %w", err)
+	}
+	secret, err := hex.DecodeString(strings.TrimSpace(string(data)))
+	if err != nil {
+		return nil, fmt.Errorf("verp: secret file %s: %w", path, err)
+	}
+	if len(secret) < MinSecretLen {
+		return nil, fmt.Errorf("verp: secret file %s holds %d bytes, need at least %d", path, len(secret), MinSecretLen)
+	}
+	return secret, nil
+}
