@@ -207,7 +207,10 @@ func TestFailingWriteDoesNotSinkBatch(t *testing.T) {
 	var dupErr, okErr error
 	wg.Add(2)
 	go func() { defer wg.Done(); dupErr = s.Enqueue(context.Background(), m, []byte("x\r\n")) }()
-	go func() { defer wg.Done(); okErr = s.Enqueue(context.Background(), newMessage("b@a.test"), []byte("y\r\n")) }()
+	go func() {
+		defer wg.Done()
+		okErr = s.Enqueue(context.Background(), newMessage("b@a.test"), []byte("y\r\n"))
+	}()
 	wg.Wait()
 	if dupErr == nil || okErr != nil {
 		t.Fatalf("duplicate id: %v; independent write: %v", dupErr, okErr)

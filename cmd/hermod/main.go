@@ -222,4 +222,3 @@ func (c *cli) configCmd(args []string) error {
 	fmt.Fprintf(c.stdout, "%s: OK\n", name)
 	return nil
 }
-
