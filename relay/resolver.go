@@ -164,8 +164,16 @@ func normaliseServer(s string) (string, error) {
 
 // toASCII converts a domain name with U-labels to its A-label form,
 // lower-cased, without the trailing dot.
+// ASCII names pass as they are (lower-cased): DNS names such as
+// "sel._domainkey.example.com" carry underscores, which IDNA refuses.
 func toASCII(name string) (string, error) {
 	name = strings.TrimSuffix(name, ".")
+	if isASCII(name) {
+		if name == "" || strings.ContainsAny(name, " \t\r\n\\\"") {
+			return "", fmt.Errorf("relay: invalid domain name %q", name)
+		}
+		return strings.ToLower(name), nil
+	}
 	a, err := idna.Lookup.ToASCII(name)
 	if err != nil {
 		return "", fmt.Errorf("relay: invalid domain name %q: %w", name, err)
@@ -267,7 +275,11 @@ func (r *Resolver) LookupTXT(ctx context.Context, name string) ([]string, error)
 	}
 	out := make([]string, 0, len(rrs))
 	for _, rr := range rrs {
-		out = append(out, strings.Join(rr.(*dns.TXT).Txt, ""))
+		var b strings.Builder
+		for _, t := range rr.(*dns.TXT).Txt {
+			b.WriteString(unescapeTXT(t))
+		}
+		out = append(out, b.String())
 	}
 	return out, nil
 }
@@ -440,3 +452,32 @@ func (r *Resolver) negative(kind string, resp *dns.Msg) cacheEntry {
 	}
 	return cacheEntry{}
 }
+
+// unescapeTXT undoes the presentation-format escapes miekg/dns leaves in
+// TXT strings (\" \\ and \DDD), giving the record's real bytes.
+func unescapeTXT(s string) string {
+	if !strings.Contains(s, "\\") {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c != '\\' || i+1 >= len(s) {
+			b.WriteByte(c)
+			continue
+		}
+		if i+3 < len(s) && isDigit(s[i+1]) && isDigit(s[i+2]) && isDigit(s[i+3]) {
+			n := int(s[i+1]-'0')*100 + int(s[i+2]-'0')*10 + int(s[i+3]-'0')
+			if n < 256 {
+				b.WriteByte(byte(n))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i+1])
+		i++
+	}
+	return b.String()
+}
+
+func isDigit(c byte) bool { return c >= '0' && c <= '9' }
