@@ -210,7 +210,7 @@ func (s *bounceSession) Data(r io.Reader) error {
 		s.b.log.Error("bounce: intake failed", "client", s.addr, "err", err)
 		return errLocal
 	}
-	return nil
+	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "OK: report received"}
 }
 
 func (s *bounceSession) Reset()        { s.mailFrom, s.rcpts = "", nil }
