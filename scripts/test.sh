@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Runs every hermod test: vet, the Go tests (race detector on), a short run of
+# each fuzz target, and the end-to-end script against real peers (swaks,
+# Postfix's smtp-sink, dkimpy). Installs the Debian packages it needs when
+# run as root on a machine that lacks them. `.ci/run` calls exactly this.
+#
+# Environment: FUZZTIME (default 10s per target), SKIP_E2E=1 to skip the
+# end-to-end script.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v swaks >/dev/null || need+=(swaks)
+[ -x /usr/sbin/smtp-sink ] || need+=(postfix)
+python3 -c 'import dkim' 2>/dev/null || need+=(python3-dkim)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "== installing ${need[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+    apt-get update -qq
+    apt-get install -y -qq "${need[@]}" >/dev/null
+  else
+    echo "missing ${need[*]}: install them (apt-get install ${need[*]}) or run as root" >&2
+    exit 1
+  fi
+fi
+
+echo "== go vet"
+go vet ./...
+unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
+if [ -n "$unformatted" ]; then
+  echo "gofmt would change: $unformatted" >&2
+  exit 1
+fi
+
+echo "== go test -race"
+go test -race -shuffle=on -count=1 -timeout 15m ./...
+
+echo "== fuzz (${FUZZTIME:-10s} per target)"
+for target in $(grep -rhoE '^func (Fuzz[A-Za-z0-9_]+)' --include='*_test.go' . | sed 's/func //' | sort -u); do
+  pkg=$(grep -rlE "^func $target\(" --include='*_test.go' . | head -1 | xargs dirname)
+  go test -run '^$' -fuzz "^${target}\$" -fuzztime "${FUZZTIME:-10s}" "$pkg" >/dev/null
+  echo "ok - fuzz $target ($pkg)"
+done
+
+if [ "${SKIP_E2E:-0}" != 1 ]; then
+  echo "== end to end"
+  bash scripts/e2e.sh
+fi
+echo "== all tests passed"
