@@ -38,8 +38,8 @@ echo "== go test -race"
 go test -race -shuffle=on -count=1 -timeout 15m ./...
 
 echo "== fuzz (${FUZZTIME:-10s} per target)"
-for target in $(grep -rhoE '^func (Fuzz[A-Za-z0-9_]+)' --include='*_test.go' . | sed 's/func //' | sort -u); do
-  pkg=$(grep -rlE "^func $target\(" --include='*_test.go' . | head -1 | xargs dirname)
+grep -rHoE '^func Fuzz[A-Za-z0-9_]+' --include='*_test.go' . | sed -E 's#^(.*)/[^/]*:func (Fuzz.*)#\1 \2#' | sort -u |
+while read -r pkg target; do
   go test -run '^$' -fuzz "^${target}\$" -fuzztime "${FUZZTIME:-10s}" "$pkg" >/dev/null
   echo "ok - fuzz $target ($pkg)"
 done
