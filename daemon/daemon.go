@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"path/filepath"
 	"sync"
@@ -25,6 +26,7 @@ import (
 	"github.com/hermod-mta/hermod/config"
 	"github.com/hermod-mta/hermod/dkim"
 	"github.com/hermod-mta/hermod/domain"
+	"github.com/hermod-mta/hermod/metrics"
 	"github.com/hermod-mta/hermod/queue"
 	"github.com/hermod-mta/hermod/relay"
 	"github.com/hermod-mta/hermod/sender"
@@ -54,6 +56,9 @@ type Daemon struct {
 	// PlatformSigner signs mail from the platform identity.
 	PlatformSigner *dkim.Signer
 
+	// Metrics are served at /metrics on the API listener.
+	Metrics *metrics.Metrics
+
 	apiSrv    *http.Server
 	listeners map[string]net.Listener
 
@@ -79,7 +84,8 @@ func New(cfg *config.Config, log *slog.Logger, o Options) (d *Daemon, err error)
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create data_dir %s: %w", cfg.DataDir, err)
 	}
-	d = &Daemon{cfg: cfg, log: log, listeners: map[string]net.Listener{}}
+	d = &Daemon{cfg: cfg, log: log, listeners: map[string]net.Listener{}, Metrics: metrics.New()}
+	m := d.Metrics
 	defer func() {
 		if err != nil {
 			d.closeStore()
@@ -106,7 +112,7 @@ func New(cfg *config.Config, log *slog.Logger, o Options) (d *Daemon, err error)
 	}
 	d.PlatformSigner = dkim.NewSigner(cfg.Sender.DKIMDomain, cfg.Sender.DKIMSelector, key)
 
-	hooks := &eventHooks{log: log}
+	hooks := &eventHooks{log: log, metrics: m}
 	d.Store, err = queue.Open(filepath.Join(cfg.DataDir, StoreFile), queue.Options{Now: o.Now, Logger: log, Hook: hooks.onEvent, NoSync: o.NoSync})
 	if err != nil {
 		return nil, err
@@ -127,6 +133,7 @@ func New(cfg *config.Config, log *slog.Logger, o Options) (d *Daemon, err error)
 	if err != nil {
 		return nil, fmt.Errorf("relay: %w", err)
 	}
+	d.Relay.Resolver().SetObserver(dnsObserver(m))
 	rule := &sender.Rule{DefaultFrom: cfg.Sender.DefaultFrom, DisplayTemplate: cfg.Sender.DisplayName,
 		BounceDomain: cfg.Bounce.Domain, ReturnPathLabel: cfg.Sender.ReturnPathLabel}
 	if err := rule.Validate(); err != nil {
@@ -137,6 +144,7 @@ func New(cfg *config.Config, log *slog.Logger, o Options) (d *Daemon, err error)
 	if err != nil {
 		return nil, fmt.Errorf("relay.resolvers: %w", err)
 	}
+	resolver.SetObserver(dnsObserver(m))
 	d.Domains, err = domain.Open(d.Store.DB(), domain.Options{
 		ReturnPathLabel: cfg.Sender.ReturnPathLabel, BounceHost: cfg.Bounce.Domain, Algorithm: cfg.Sender.DKIMAlgorithm,
 		VerifyTimeout: cfg.Sender.VerifyTimeout, FreemailExtra: cfg.Sender.FreemailExtra,
@@ -148,12 +156,12 @@ func New(cfg *config.Config, log *slog.Logger, o Options) (d *Daemon, err error)
 	d.Pipeline = submit.New(submit.Options{
 		Hostname: cfg.Hostname, Rule: rule, PlatformSigner: d.PlatformSigner, VERP: d.VERP,
 		Accounts: accountsView{d.Domains}, Suppressions: suppressionsView{d.Suppress}, Queue: d.Store,
-		Now: o.Now, Logger: log,
+		Now: o.Now, Logger: log, OnSign: m.DKIMSignatures.Inc,
 	})
 	notifier.pipeline = d.Pipeline
 	d.Runner = queue.NewRunner(d.Store, &deliverer{relay: d.Relay, suppress: d.Suppress, log: log}, queue.RunnerOptions{
 		Concurrency: cfg.Relay.Concurrency, Retry: cfg.Relay.Retry, MaxAge: cfg.Relay.MaxAge, Jitter: 0.1,
-		OnAttempt: logAttempt(log),
+		OnAttempt: observeAttempt(log, m),
 	})
 	tlsConf, err := loadTLS(cfg)
 	if err != nil {
@@ -164,6 +172,12 @@ func New(cfg *config.Config, log *slog.Logger, o Options) (d *Daemon, err error)
 		MaxRecipients: cfg.Submission.MaxRecipients, IdleTimeout: cfg.Submission.IdleTimeout,
 		MaxConnections: cfg.Submission.MaxConnections, MaxConnectionsPerIP: cfg.Submission.MaxConnectionsPerIP,
 		TLSConfig: tlsConf, Submitter: d.Pipeline, Logger: log, Now: o.Now,
+		Observe: func(result string, took time.Duration) {
+			m.Submissions.WithLabelValues(result).Inc()
+			if result == "accepted" {
+				m.SubmissionSeconds.Observe(took.Seconds())
+			}
+		},
 	})
 	d.Bounces = smtpd.NewBounceServer(smtpd.BounceOptions{
 		Hostname: cfg.Hostname, BounceDomain: cfg.Bounce.Domain, ReturnPathLabel: cfg.Sender.ReturnPathLabel,
@@ -171,6 +185,8 @@ func New(cfg *config.Config, log *slog.Logger, o Options) (d *Daemon, err error)
 		IdleTimeout: cfg.Submission.IdleTimeout, VERP: d.VERP, Intake: &bounceIntake{store: d.Store, suppress: d.Suppress, log: log},
 		Logger: log, Now: o.Now,
 	})
+	d.Store.ObserveBatches(func(n int) { m.CommitBatch.Observe(float64(n)) })
+	d.registerGauges()
 	return d, nil
 }
 
@@ -388,6 +404,7 @@ func (v suppressionsView) Suppressed(account, address string) (string, bool, err
 // eventHooks run inside the transaction that records each status change.
 type eventHooks struct {
 	suppress *suppress.List
+	metrics  *metrics.Metrics
 	log      *slog.Logger
 }
 
@@ -397,6 +414,9 @@ type eventHooks struct {
 var softCounted = map[string]bool{string(bounce.ReasonMailboxFull): true, string(bounce.ReasonSuspended): true}
 
 func (h *eventHooks) onEvent(tx *bolt.Tx, m *queue.Message, ev *queue.Event) error {
+	if ev.Status == queue.StatusBounced && h.metrics != nil {
+		h.metrics.Bounces.WithLabelValues(ev.Reason, ev.Source).Inc()
+	}
 	if h.suppress == nil {
 		return nil
 	}
@@ -427,4 +447,15 @@ func ignoreInvalid(err error) error {
 	return err
 }
 
-func (d *Daemon) extraHandlers() map[string]http.Handler { return nil }
+// extraHandlers are mounted on the API listener behind its token.
+func (d *Daemon) extraHandlers() map[string]http.Handler {
+	h := map[string]http.Handler{"GET /metrics": d.Metrics.Handler()}
+	if d.cfg.API.Pprof {
+		h["/debug/pprof/"] = http.HandlerFunc(pprof.Index)
+		h["/debug/pprof/profile"] = http.HandlerFunc(pprof.Profile)
+		h["/debug/pprof/trace"] = http.HandlerFunc(pprof.Trace)
+		h["/debug/pprof/symbol"] = http.HandlerFunc(pprof.Symbol)
+		h["/debug/pprof/cmdline"] = http.HandlerFunc(pprof.Cmdline)
+	}
+	return h
+}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -244,6 +245,30 @@ func TestSubmitDeliverSignedAndRewritten(t *testing.T) {
 		t.Fatalf("DKIM verification: %+v %v", res, err)
 	}
 	waitRcpt(t, d, id, 0, queue.StatusSent)
+
+	// The metrics tell the same story.
+	tok, err := ReadToken(cfg.DataPath(cfg.API.TokenFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequest("GET", "http://"+d.Addr("api.listen")+"/metrics", nil)
+	req.Header.Set("Authorization", "Bearer "+tok)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	text, _ := io.ReadAll(resp.Body)
+	for _, want := range []string{`hermod_submissions_total{result="accepted"} 1`, `hermod_queue_recipients{status="sent"} 1`,
+		`hermod_deliveries_total{status="sent"} 1`, `hermod_dkim_signatures_total 1`, "hermod_store_commits_total ", "hermod_submission_duration_seconds_bucket"} {
+		if !strings.Contains(string(text), want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	req.Header.Del("Authorization")
+	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("/metrics without token: %v %v", resp.StatusCode, err)
+	}
 }
 
 func waitRcpt(t *testing.T, d *Daemon, id string, idx int, want queue.Status) *queue.Recipient {

@@ -83,6 +83,10 @@ type Resolver struct {
 	timeout  time.Duration
 	attempts int
 
+	// observe, when set, is told each exchange with the servers (not
+	// cache hits): the query type, how long it took and its error.
+	observe func(qtype string, took time.Duration, err error)
+
 	mu       sync.Mutex
 	cache    map[cacheKey]cacheEntry
 	inflight map[cacheKey]*call
@@ -142,6 +146,13 @@ func NewResolver(servers []string, now func() time.Time) (*Resolver, error) {
 		cache:    make(map[cacheKey]cacheEntry),
 		inflight: make(map[cacheKey]*call),
 	}, nil
+}
+
+// SetObserver registers f to be told every DNS exchange (metrics): the
+// query type, its duration and its error (nil, or a *DNSError). Call it
+// before the first lookup.
+func (r *Resolver) SetObserver(f func(qtype string, took time.Duration, err error)) {
+	r.observe = f
 }
 
 // SetTimeout sets how long one exchange with one server may take (default
@@ -342,7 +353,11 @@ func (r *Resolver) query(ctx context.Context, name string, qtype uint16) ([]dns.
 	r.inflight[key] = c
 	r.mu.Unlock()
 
+	start := time.Now()
 	rrs, entry, err := r.exchange(ctx, key)
+	if r.observe != nil {
+		r.observe(dns.TypeToString[key.qtype], time.Since(start), err)
+	}
 	if err != nil {
 		var de *DNSError
 		if errors.As(err, &de) {

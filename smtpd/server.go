@@ -55,6 +55,9 @@ type Options struct {
 	Submitter Submitter
 	Logger    *slog.Logger
 	Now       func() time.Time
+	// Observe, when set, is told the result of every DATA ("accepted",
+	// "rejected" or "error") and the time from the end of the data to the reply.
+	Observe func(result string, took time.Duration)
 }
 
 // Server is the submission service. One Server may serve several listeners.

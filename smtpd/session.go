@@ -99,16 +99,20 @@ func (s *session) Data(r io.Reader) error {
 	br := bufio.NewReaderSize(sr, 32<<10)
 	h, err := textproto.ReadHeader(br)
 	if err != nil {
+		s.observe("rejected", time.Time{})
 		return s.readFailure(sr, err, "header")
 	}
 	body, err := io.ReadAll(br)
 	if err != nil {
+		s.observe("rejected", time.Time{})
 		return s.readFailure(sr, err, "body")
 	}
 	if sr.fault != nil {
 		s.srv.log.Info("rejected", "user", s.user.Name, "client", s.addr, "reason", sr.fault.Message)
+		s.observe("rejected", time.Time{})
 		return sr.fault
 	}
+	start := time.Now()
 	_, isTLS := s.conn.TLSConnectionState()
 	sub := &Submission{User: s.user, RemoteAddr: s.addr, HELO: s.helo, TLS: isTLS,
 		MailFrom: s.mailFrom, Rcpts: s.rcpts, Header: h, Body: body}
@@ -119,12 +123,27 @@ func (s *session) Data(r io.Reader) error {
 		var se *smtp.SMTPError
 		if errors.As(err, &se) {
 			s.srv.log.Info("rejected", "user", s.user.Name, "client", s.addr, "code", se.Code, "reason", se.Message)
+			s.observe("rejected", start)
 			return se
 		}
 		s.srv.log.Error("submission failed", "user", s.user.Name, "client", s.addr, "err", err)
+		s.observe("error", start)
 		return errLocal
 	}
+	s.observe("accepted", start)
 	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: "OK: queued as " + id}
+}
+
+// observe reports a DATA result to the metrics hook; a zero start means
+// the latency is not meaningful (refused before submission).
+func (s *session) observe(result string, start time.Time) {
+	if f := s.srv.opts.Observe; f != nil {
+		var took time.Duration
+		if !start.IsZero() {
+			took = time.Since(start)
+		}
+		f(result, took)
+	}
 }
 
 // readFailure turns an error while reading DATA into the reply: a

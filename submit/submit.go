@@ -61,6 +61,8 @@ type Options struct {
 	Queue          Enqueuer
 	Now            func() time.Time
 	Logger         *slog.Logger
+	// OnSign, when set, is called after each DKIM signature (metrics).
+	OnSign func()
 }
 
 // Pipeline implements smtpd.Submitter.
@@ -160,6 +162,9 @@ func (p *Pipeline) Submit(ctx context.Context, sub *smtpd.Submission) (string, e
 			return "", fmt.Errorf("submit: dkim sign: %w", err)
 		}
 		signingDomain = signer.Domain
+		if p.opts.OnSign != nil {
+			p.opts.OnSign()
+		}
 		body := make([]byte, 0, len(sig)+msg.Len())
 		body = append(append(body, sig...), msg.Bytes()...)
 		msg = *bytes.NewBuffer(body)

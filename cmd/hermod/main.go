@@ -37,6 +37,7 @@ Usage:
   hermod suppress ls [-account A] [-address PREFIX] | show ADDR | add ADDR [-reason R] | rm ADDR
   hermod dkim show                         the platform DKIM TXT record to publish
   hermod bounce parse FILE...              classify bounce messages (no daemon needed)
+  hermod bench [-n N] [-c C] [-size B] [-peer postfix]   load benchmark on loopback
 
 Every subcommand takes -config FILE; without it, $HERMOD_CONFIG, then
 ./config.example.toml, then the built-in example configuration are used.
@@ -76,6 +77,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		err = c.dkimCmd(args[1:])
 	case "bounce":
 		err = c.bounceCmd(args[1:])
+	case "bench":
+		err = c.bench(args[1:])
 	default:
 		err = usageError("unknown command %q (see hermod help)", args[0])
 	}
