@@ -284,23 +284,23 @@ func (d *Daemon) Shutdown(ctx context.Context) error {
 			d.apiSrv.Close()
 		}
 	}
+	// Stop dispatching new deliveries; let those in progress finish until
+	// ctx ends, then cut them short (they are recorded as deferred).
+	if d.cancel != nil {
+		d.cancel()
+	}
 	done := make(chan struct{})
 	go func() {
-		// Give deliveries in progress until ctx to finish, then cut them
-		// short: the runner records them as deferred.
-		<-ctx.Done()
-		if d.cancel != nil {
-			d.cancel()
-		}
-	}()
-	go func() {
-		if d.cancel != nil {
-			// Stop dispatching new work at once; running deliveries see ctx.
-			d.cancel()
-		}
 		d.wg.Wait()
 		close(done)
 	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		if d.Runner != nil {
+			d.Runner.Abort()
+		}
+	}
 	<-done
 	d.closeListeners()
 	if d.Relay != nil {

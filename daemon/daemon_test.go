@@ -475,3 +475,69 @@ func TestRestartDeliversQueuedMail(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+func TestShutdownDrains(t *testing.T) {
+	sink := newSinkMX(t)
+	cfg := testConfig(t, t.TempDir(), sink.addr)
+	d, err := New(cfg, slog.New(slog.DiscardHandler), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Start(); err != nil {
+		t.Fatal(err)
+	}
+	addr := d.Addr("submission.listen")
+	// A session in the middle of a transaction when the stop begins.
+	conn, err := netDial(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	rd := newReplyReader(conn)
+	rd.next(t)
+	for _, l := range []string{"EHLO c.test\r\n", plainAuth, "MAIL FROM:<a@saas.test>\r\n", "RCPT TO:<r@dest.test>\r\n"} {
+		io.WriteString(conn, l)
+		rd.next(t)
+	}
+	stopped := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		stopped <- d.Shutdown(ctx)
+	}()
+	// New sessions are told to come back later.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		c2, err := netDial(addr)
+		if err != nil {
+			t.Fatalf("listener closed before open sessions ended: %v", err)
+		}
+		greet := newReplyReader(c2).next(t)
+		c2.Close()
+		if strings.HasPrefix(greet, "421 4.3.2") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("new session during shutdown got %q, want 421", greet)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// The open session still gets its message accepted, then is turned away.
+	io.WriteString(conn, "DATA\r\n")
+	if r := rd.next(t); !strings.HasPrefix(r, "354") {
+		t.Fatalf("DATA during shutdown: %q", r)
+	}
+	io.WriteString(conn, "From: a@customer.test\r\n\r\nlast one\r\n.\r\n")
+	if r := rd.next(t); !strings.HasPrefix(r, "250 2.0.0 OK: queued as") {
+		t.Fatalf("message in flight at shutdown: %q", r)
+	}
+	io.WriteString(conn, "MAIL FROM:<a@saas.test>\r\n")
+	if r := rd.next(t); !strings.HasPrefix(r, "421") {
+		t.Fatalf("MAIL after shutdown began: %q", r)
+	}
+	io.WriteString(conn, "QUIT\r\n")
+	conn.Close()
+	if err := <-stopped; err != nil {
+		t.Fatalf("shutdown: %v", err)
+	}
+}

@@ -65,6 +65,12 @@ type Runner struct {
 	inflight map[string]struct{} // id + index
 	wg       sync.WaitGroup
 	sem      chan struct{}
+
+	// abortCtx is the context of deliveries: Abort cancels it, so that a
+	// stop can cut deliveries in progress short (they are recorded as
+	// deferred and retried after restart).
+	abortCtx context.Context
+	abort    context.CancelFunc
 }
 
 // NewRunner returns a scheduler over s that uses d for deliveries.
@@ -78,8 +84,14 @@ func NewRunner(s *Store, d Deliverer, opts RunnerOptions) *Runner {
 	if opts.MaxAge <= 0 {
 		opts.MaxAge = 5 * 24 * time.Hour
 	}
-	return &Runner{store: s, del: d, opts: opts, inflight: map[string]struct{}{}, sem: make(chan struct{}, opts.Concurrency)}
+	actx, abort := context.WithCancel(context.Background())
+	return &Runner{store: s, del: d, opts: opts, inflight: map[string]struct{}{}, sem: make(chan struct{}, opts.Concurrency),
+		abortCtx: actx, abort: abort}
 }
+
+// Abort cuts the deliveries in progress short; Run returns once they are
+// recorded (as deferred).
+func (r *Runner) Abort() { r.abort() }
 
 // SetRetry replaces the retry schedule and lifetime (config reload).
 func (r *Runner) SetRetry(retry []time.Duration, maxAge time.Duration) {
@@ -101,10 +113,10 @@ func (r *Runner) InFlight() int {
 }
 
 // Run dispatches due work until ctx is cancelled, then waits for the
-// deliveries in progress to end (their context is cancelled too, so a
-// delivery cut short is recorded as deferred and retried: nothing is lost).
-// Work that was in flight when the process died is simply still due in the
-// time index at the next start.
+// deliveries in progress to end (Abort cuts them short: a delivery cut short
+// is recorded as deferred and retried, so nothing is lost). Work that was in
+// flight when the process died is simply still due in the time index at the
+// next start.
 func (r *Runner) Run(ctx context.Context) error {
 	defer r.wg.Wait()
 	timer := time.NewTimer(0)
@@ -194,7 +206,7 @@ func (r *Runner) dispatch(ctx context.Context) (time.Time, error) {
 				r.mu.Unlock()
 				r.store.wake()
 			}()
-			r.attempt(ctx, it.id, it.idx)
+			r.attempt(r.abortCtx, it.id, it.idx)
 		}()
 	}
 	if len(due) > 0 && next.IsZero() {

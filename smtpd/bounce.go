@@ -63,9 +63,10 @@ type BounceServer struct {
 	opts BounceOptions
 	log  *slog.Logger
 
-	mu      sync.Mutex
-	servers []*smtp.Server
-	closing bool
+	mu        sync.Mutex
+	servers   []*smtp.Server
+	listeners []*limitListener
+	closing   bool
 }
 
 // NewBounceServer returns a bounce listener.
@@ -110,29 +111,24 @@ func (b *BounceServer) Serve(l net.Listener) error {
 		b.mu.Unlock()
 		return smtp.ErrServerClosed
 	}
+	lim := newLimitListener(l, b.opts.MaxConnections, b.opts.MaxConnectionsPerIP, b.opts.Hostname)
 	b.servers = append(b.servers, srv)
+	b.listeners = append(b.listeners, lim)
 	b.mu.Unlock()
-	err := srv.Serve(newLimitListener(l, b.opts.MaxConnections, b.opts.MaxConnectionsPerIP, b.opts.Hostname))
+	err := srv.Serve(lim)
 	if errors.Is(err, smtp.ErrServerClosed) {
 		return nil
 	}
 	return err
 }
 
-// Shutdown stops the listener and waits for sessions until ctx ends.
+// Shutdown drains the listener like Server.Shutdown.
 func (b *BounceServer) Shutdown(ctx context.Context) error {
 	b.mu.Lock()
 	b.closing = true
-	servers := b.servers
+	servers, listeners := b.servers, b.listeners
 	b.mu.Unlock()
-	var errs []error
-	for _, srv := range servers {
-		if err := srv.Shutdown(ctx); err != nil && !errors.Is(err, smtp.ErrServerClosed) {
-			srv.Close()
-			errs = append(errs, err)
-		}
-	}
-	return errors.Join(errs...)
+	return drainAndClose(ctx, servers, listeners)
 }
 
 type bounceSession struct {
@@ -145,6 +141,12 @@ type bounceSession struct {
 var errNoSuchVERP = reply(550, smtp.EnhancedCode{5, 1, 1}, "No such recipient here: this host only accepts bounces for addresses it issued")
 
 func (s *bounceSession) Mail(from string, opts *smtp.MailOptions) error {
+	s.b.mu.Lock()
+	closing := s.b.closing
+	s.b.mu.Unlock()
+	if closing {
+		return errShutdown
+	}
 	s.mailFrom = from
 	return nil
 }

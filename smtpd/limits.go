@@ -14,9 +14,24 @@ type limitListener struct {
 	total, perIP int
 	domain       string
 
-	mu     sync.Mutex
-	open   int
-	byAddr map[netip.Addr]int
+	mu       sync.Mutex
+	open     int
+	byAddr   map[netip.Addr]int
+	draining bool
+}
+
+// drain makes every new connection get a 421 and reports how many
+// connections are still open.
+func (l *limitListener) drain() {
+	l.mu.Lock()
+	l.draining = true
+	l.mu.Unlock()
+}
+
+func (l *limitListener) openConns() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.open
 }
 
 func newLimitListener(l net.Listener, total, perIP int, domain string) *limitListener {
@@ -31,22 +46,30 @@ func (l *limitListener) Accept() (net.Conn, error) {
 		}
 		addr := remoteAddr(c)
 		l.mu.Lock()
+		draining := l.draining
 		over := l.total > 0 && l.open >= l.total || l.perIP > 0 && l.byAddr[addr] >= l.perIP
-		if !over {
+		if !over && !draining {
 			l.open++
 			l.byAddr[addr]++
 		}
 		l.mu.Unlock()
+		if draining {
+			go refuse(c, "421 4.3.2 "+l.domain+" Service shutting down; try again later\r\n")
+			continue
+		}
 		if over {
-			go func() {
-				c.SetWriteDeadline(time.Now().Add(5 * time.Second))
-				c.Write([]byte("421 4.7.0 " + l.domain + " Too many connections from your address or in total; try again later\r\n"))
-				c.Close()
-			}()
+			go refuse(c, "421 4.7.0 "+l.domain+" Too many connections from your address or in total; try again later\r\n")
 			continue
 		}
 		return &countedConn{Conn: c, release: func() { l.release(addr) }}, nil
 	}
+}
+
+// refuse answers a connection with one reply line and closes it.
+func refuse(c net.Conn, line string) {
+	c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	c.Write([]byte(line))
+	c.Close()
 }
 
 func (l *limitListener) release(addr netip.Addr) {

@@ -69,9 +69,9 @@ type Server struct {
 	mu       sync.RWMutex
 	users    map[string]*User
 	tlsConf  *tls.Config
-	servers  []*smtp.Server
-	closing  bool
-	sessions sync.WaitGroup
+	servers   []*smtp.Server
+	listeners []*limitListener
+	closing   bool
 }
 
 // New returns a submission server.
@@ -158,9 +158,11 @@ func (s *Server) Serve(l net.Listener, implicitTLS bool) error {
 		s.mu.Unlock()
 		return smtp.ErrServerClosed
 	}
+	lim := newLimitListener(l, s.opts.MaxConnections, s.opts.MaxConnectionsPerIP, s.opts.Hostname)
 	s.servers = append(s.servers, srv)
+	s.listeners = append(s.listeners, lim)
 	s.mu.Unlock()
-	ll := net.Listener(newLimitListener(l, s.opts.MaxConnections, s.opts.MaxConnectionsPerIP, s.opts.Hostname))
+	ll := net.Listener(lim)
 	if implicitTLS {
 		ll = tls.NewListener(ll, tc)
 	}
@@ -171,28 +173,56 @@ func (s *Server) Serve(l net.Listener, implicitTLS bool) error {
 	return err
 }
 
-// Shutdown stops accepting connections, lets sessions finish their current
-// command until ctx ends, then closes them.
+// Shutdown drains the server: new connections get 421, open sessions may
+// finish the message they are sending but get 421 at their next MAIL, and
+// once they are gone (or ctx ends) everything is closed.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.closing = true
-	servers := s.servers
+	servers, listeners := s.servers, s.listeners
 	s.mu.Unlock()
+	return drainAndClose(ctx, servers, listeners)
+}
+
+// drainAndClose waits for the sessions of listeners to end, then closes servers.
+func drainAndClose(ctx context.Context, servers []*smtp.Server, listeners []*limitListener) error {
+	for _, l := range listeners {
+		l.drain()
+	}
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+wait:
+	for {
+		open := 0
+		for _, l := range listeners {
+			open += l.openConns()
+		}
+		if open == 0 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			break wait
+		case <-tick.C:
+		}
+	}
 	var errs []error
 	for _, srv := range servers {
-		if err := srv.Shutdown(ctx); err != nil && !errors.Is(err, smtp.ErrServerClosed) {
-			srv.Close()
+		if err := srv.Close(); err != nil && !errors.Is(err, smtp.ErrServerClosed) {
 			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
 }
 
-func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
+func (s *Server) isClosing() bool {
 	s.mu.RLock()
-	closing := s.closing
-	s.mu.RUnlock()
-	if closing {
+	defer s.mu.RUnlock()
+	return s.closing
+}
+
+func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
+	if s.isClosing() {
 		return nil, errShutdown
 	}
 	return &session{srv: s, conn: c, addr: remoteAddr(c.Conn()), helo: c.Hostname()}, nil

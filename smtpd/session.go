@@ -66,6 +66,9 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 }
 
 func (s *session) Mail(from string, opts *smtp.MailOptions) error {
+	if s.srv.isClosing() {
+		return errShutdown
+	}
 	if s.user == nil {
 		return errAuthRequired
 	}
