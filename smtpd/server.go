@@ -66,9 +66,9 @@ type Server struct {
 	log     *slog.Logger
 	limiter *authLimiter
 
-	mu       sync.RWMutex
-	users    map[string]*User
-	tlsConf  *tls.Config
+	mu        sync.RWMutex
+	users     map[string]*User
+	tlsConf   *tls.Config
 	servers   []*smtp.Server
 	listeners []*limitListener
 	closing   bool
