@@ -16,6 +16,7 @@ import (
 	"net/http/pprof"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"time"
 
@@ -34,6 +35,7 @@ import (
 	"github.com/hermod-mta/hermod/submit"
 	"github.com/hermod-mta/hermod/suppress"
 	"github.com/hermod-mta/hermod/verp"
+	"github.com/hermod-mta/hermod/webhook"
 )
 
 // StoreFile is the bbolt file inside data_dir.
@@ -50,6 +52,7 @@ type Daemon struct {
 	Relay    *relay.Relay
 	Runner   *queue.Runner
 	Pipeline *submit.Pipeline
+	Webhooks *webhook.Outbox
 	Submit   *smtpd.Server
 	Bounces  *smtpd.BounceServer
 	VERP     *verp.Codec
@@ -123,6 +126,15 @@ func New(cfg *config.Config, log *slog.Logger, o Options) (d *Daemon, err error)
 		return nil, fmt.Errorf("open suppression list: %w", err)
 	}
 	hooks.suppress = d.Suppress
+	endpoints, err := webhookEndpoints(cfg)
+	if err != nil {
+		return nil, err
+	}
+	d.Webhooks, err = webhook.Open(d.Store.DB(), webhook.Options{Endpoints: endpoints, Now: o.Now, Logger: log})
+	if err != nil {
+		return nil, fmt.Errorf("webhook: %w", err)
+	}
+	hooks.webhooks = d.Webhooks
 
 	d.Relay, err = relay.New(relay.Options{
 		Hostname: cfg.Relay.HELO, Resolvers: cfg.Relay.Resolvers, Port: cfg.Relay.Port, Routes: routes(cfg),
@@ -222,6 +234,17 @@ func (d *Daemon) Start() error {
 	d.goRun("runner", func() { d.Runner.Run(ctx) })
 	d.goRun("purge", func() { d.Store.RunPurge(ctx, cfg.Queue.Retention, cfg.Queue.PurgeInterval) })
 	d.goRun("domains", func() { d.Domains.Run(ctx) })
+	d.goRun("webhooks", func() { d.Webhooks.Run(ctx) })
+	d.goRun("webhook-notify", func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-d.Store.EventsChanged():
+				d.Webhooks.Notify()
+			}
+		}
+	})
 	if l := d.listeners["submission.listen"]; l != nil {
 		d.goRun("submission", func() { d.serveErr("submission", d.Submit.Serve(l, false)) })
 	}
@@ -325,6 +348,19 @@ func (d *Daemon) closeStore() error {
 	return err
 }
 
+// webhookEndpoints reads the webhook secrets, generating absent ones.
+func webhookEndpoints(cfg *config.Config) ([]webhook.Endpoint, error) {
+	var eps []webhook.Endpoint
+	for i, w := range cfg.Webhooks {
+		secret, err := LoadOrCreateToken(cfg.DataPath(w.SecretFile))
+		if err != nil {
+			return nil, fmt.Errorf("webhook[%d].secret_file: %w", i, err)
+		}
+		eps = append(eps, webhook.Endpoint{Name: strconv.Itoa(i), URL: w.URL, Secret: []byte(secret), Events: w.Events})
+	}
+	return eps, nil
+}
+
 func routes(cfg *config.Config) []relay.Route {
 	var rs []relay.Route
 	for _, r := range cfg.Relay.Routes {
@@ -366,6 +402,13 @@ func (d *Daemon) Reload(cfg *config.Config) error {
 	if tlsConf != nil {
 		d.Submit.SetTLSConfig(tlsConf)
 	}
+	endpoints, err := webhookEndpoints(cfg)
+	if err != nil {
+		return err
+	}
+	if err := d.Webhooks.SetEndpoints(endpoints); err != nil {
+		return fmt.Errorf("webhook: %w", err)
+	}
 	d.Relay.SetRoutes(routes(cfg))
 	d.Runner.SetRetry(cfg.Relay.Retry, cfg.Relay.MaxAge)
 	d.log.Info("configuration reloaded", "config", cfg.Path)
@@ -404,6 +447,7 @@ func (v suppressionsView) Suppressed(account, address string) (string, bool, err
 // eventHooks run inside the transaction that records each status change.
 type eventHooks struct {
 	suppress *suppress.List
+	webhooks *webhook.Outbox
 	metrics  *metrics.Metrics
 	log      *slog.Logger
 }
@@ -416,6 +460,11 @@ var softCounted = map[string]bool{string(bounce.ReasonMailboxFull): true, string
 func (h *eventHooks) onEvent(tx *bolt.Tx, m *queue.Message, ev *queue.Event) error {
 	if ev.Status == queue.StatusBounced && h.metrics != nil {
 		h.metrics.Bounces.WithLabelValues(ev.Reason, ev.Source).Inc()
+	}
+	if h.webhooks != nil {
+		if err := h.webhooks.EnqueueTx(tx, *ev); err != nil {
+			return err
+		}
 	}
 	if h.suppress == nil {
 		return nil

@@ -3,11 +3,13 @@ package daemon
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -22,6 +24,7 @@ import (
 	"github.com/hermod-mta/hermod/config"
 	"github.com/hermod-mta/hermod/dkim"
 	"github.com/hermod-mta/hermod/queue"
+	"github.com/hermod-mta/hermod/webhook"
 )
 
 // sinkMsg is one message received by the test MX.
@@ -539,5 +542,72 @@ func TestShutdownDrains(t *testing.T) {
 	conn.Close()
 	if err := <-stopped; err != nil {
 		t.Fatalf("shutdown: %v", err)
+	}
+}
+
+func TestWebhookEventsInOrder(t *testing.T) {
+	type batch struct {
+		Events []queue.Event `json:"events"`
+	}
+	var mu sync.Mutex
+	var got []queue.Event
+	var secret []byte
+	badSig := 0
+	recv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		mu.Lock()
+		defer mu.Unlock()
+		if webhook.Verify(secret, r.Header.Get(webhook.SignatureHeader), body, time.Now(), time.Minute) != nil {
+			badSig++
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		var b batch
+		json.Unmarshal(body, &b)
+		got = append(got, b.Events...)
+	}))
+	defer recv.Close()
+	sink := newSinkMX(t)
+	cfg := testConfig(t, t.TempDir(), sink.addr)
+	cfg.Webhooks = []config.Webhook{{URL: recv.URL + "/hook", SecretFile: "webhook.secret", Events: []string{"*"}}}
+	d := startDaemon(t, cfg)
+	tok, err := ReadToken(cfg.DataPath("webhook.secret"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	secret = []byte(tok)
+	mu.Unlock()
+
+	replies := submitRaw(t, d.Addr("submission.listen"), append(dataLinesTo("From: a@customer.test\r\nX-Hermod-Ref: inv-7\r\n\r\nx\r\n", "r@dest.test"), "QUIT\r\n")...)
+	id := reQueued.FindStringSubmatch(replies[len(replies)-2])[1]
+	waitRcpt(t, d, id, 0, queue.StatusSent)
+	m, _ := d.Store.Get(id)
+	rs := submitRaw(t, d.Addr("bounce.listen"), "EHLO mta.test\r\n", "MAIL FROM:<>\r\n", "RCPT TO:<"+m.Recipients[0].EnvelopeFrom+">\r\n", "DATA\r\n", dsn("r@dest.test")+".\r\n", "QUIT\r\n")
+	if !strings.HasPrefix(rs[5], "250") {
+		t.Fatalf("DSN: %q", rs)
+	}
+	waitRcpt(t, d, id, 0, queue.StatusBounced)
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		mu.Lock()
+		n := len(got)
+		mu.Unlock()
+		if n >= 3 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	var statuses []string
+	for _, ev := range got {
+		statuses = append(statuses, string(ev.Status))
+		if ev.MessageID != id || ev.Ref != "inv-7" {
+			t.Errorf("event %+v: wrong message or ref", ev)
+		}
+	}
+	if strings.Join(statuses, ",") != "queued,sent,bounced" || badSig != 0 {
+		t.Errorf("webhook got %v (bad signatures %d), want queued,sent,bounced exactly once each", statuses, badSig)
 	}
 }

@@ -79,6 +79,18 @@ func (d *Daemon) registerGauges() {
 			Type: prometheus.GaugeValue, Collect: func() map[string]float64 {
 				return single(float64(d.Runner.InFlight()))
 			}},
+		metrics.Func{Desc: metrics.NewDesc("hermod_webhook_outbox_depth", "Events waiting to be posted, by webhook endpoint.", "endpoint"),
+			Type: prometheus.GaugeValue, Collect: func() map[string]float64 {
+				depth, err := d.Webhooks.Depth()
+				if err != nil {
+					return nil
+				}
+				out := map[string]float64{}
+				for ep, n := range depth {
+					out[ep] = float64(n)
+				}
+				return out
+			}},
 		metrics.Func{Desc: metrics.NewDesc("hermod_suppressions", "Addresses on the suppression list."),
 			Type: prometheus.GaugeValue, Collect: func() map[string]float64 {
 				n, err := d.Suppress.Count()
