@@ -194,7 +194,8 @@ func New(cfg *config.Config, log *slog.Logger, o Options) (d *Daemon, err error)
 	d.Bounces = smtpd.NewBounceServer(smtpd.BounceOptions{
 		Hostname: cfg.Hostname, BounceDomain: cfg.Bounce.Domain, ReturnPathLabel: cfg.Sender.ReturnPathLabel,
 		MaxMessageBytes: cfg.Bounce.MaxMessageBytes, MaxConnectionsPerIP: cfg.Bounce.MaxConnectionsPerIP,
-		IdleTimeout: cfg.Submission.IdleTimeout, VERP: d.VERP, Intake: &bounceIntake{store: d.Store, suppress: d.Suppress, log: log},
+		IdleTimeout: cfg.Submission.IdleTimeout, VERP: d.VERP, Intake: &bounceIntake{store: d.Store, suppress: d.Suppress, log: log,
+			mailboxDir: filepath.Join(cfg.DataDir, "mailbox"), now: o.Now},
 		Logger: log, Now: o.Now,
 	})
 	d.Store.ObserveBatches(func(n int) { m.CommitBatch.Observe(float64(n)) })

@@ -50,7 +50,11 @@ type BounceOptions struct {
 	MaxConnections      int
 	MaxConnectionsPerIP int
 	IdleTimeout         time.Duration
-	VERP                VERPDecoder
+	// MaxMessagesPerMinutePerIP caps the transactions one client address
+	// may start per minute (default 120), so a flood of junk cannot
+	// exhaust the listener.
+	MaxMessagesPerMinutePerIP int
+	VERP                      VERPDecoder
 	Intake              BounceIntake
 	Logger              *slog.Logger
 	Now                 func() time.Time
@@ -67,6 +71,7 @@ type BounceServer struct {
 	servers   []*smtp.Server
 	listeners []*limitListener
 	closing   bool
+	rate      map[netip.Addr]*window
 }
 
 // NewBounceServer returns a bounce listener.
@@ -86,7 +91,40 @@ func NewBounceServer(opts BounceOptions) *BounceServer {
 	if opts.IdleTimeout <= 0 {
 		opts.IdleTimeout = 5 * time.Minute
 	}
-	return &BounceServer{opts: opts, log: opts.Logger}
+	if opts.MaxMessagesPerMinutePerIP <= 0 {
+		opts.MaxMessagesPerMinutePerIP = 120
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	return &BounceServer{opts: opts, log: opts.Logger, rate: map[netip.Addr]*window{}}
+}
+
+// window counts transactions of one client address in the current minute.
+type window struct {
+	start time.Time
+	n     int
+}
+
+// allow counts a new transaction from addr and reports whether it is within the rate.
+func (b *BounceServer) allow(addr netip.Addr) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	now := b.opts.Now()
+	if len(b.rate) > 10000 {
+		for a, w := range b.rate {
+			if now.Sub(w.start) > time.Minute {
+				delete(b.rate, a)
+			}
+		}
+	}
+	w := b.rate[addr]
+	if w == nil || now.Sub(w.start) > time.Minute {
+		w = &window{start: now}
+		b.rate[addr] = w
+	}
+	w.n++
+	return w.n <= b.opts.MaxMessagesPerMinutePerIP
 }
 
 // Serve accepts connections on l until Shutdown.
@@ -146,6 +184,10 @@ func (s *bounceSession) Mail(from string, opts *smtp.MailOptions) error {
 	s.b.mu.Unlock()
 	if closing {
 		return errShutdown
+	}
+	if !s.b.allow(s.addr) {
+		s.b.log.Warn("bounce: rate limited", "client", s.addr)
+		return reply(450, smtp.EnhancedCode{4, 7, 1}, "Too much mail from your address; try again later")
 	}
 	s.mailFrom = from
 	return nil
