@@ -4,8 +4,12 @@ import (
 	"strings"
 )
 
-// maxDiagnostic bounds Recipient.Diagnostic.
-const maxDiagnostic = 1024
+// Bounds that keep reports small and parsing linear.
+const (
+	maxDiagnostic = 1024    // Recipient.Diagnostic
+	maxFieldValue = 8 << 10 // one unfolded delivery-status field
+	maxRecipients = 1000    // recipients taken from one report
+)
 
 // field is one "Name: value" line of a delivery-status or feedback-report
 // body, unfolded, with the name lower-cased.
@@ -29,8 +33,16 @@ func (g fieldGroup) get(name string) string {
 func parseFields(b []byte) []fieldGroup {
 	var groups []fieldGroup
 	var cur fieldGroup
+	var val strings.Builder // value of the last field in cur, while folding
+	flush := func() {
+		if len(cur) > 0 {
+			cur[len(cur)-1].value = strings.TrimSpace(val.String())
+		}
+		val.Reset()
+	}
 	for _, line := range strings.Split(strings.ReplaceAll(string(b), "\r\n", "\n"), "\n") {
 		if strings.TrimSpace(line) == "" {
+			flush()
 			if len(cur) > 0 {
 				groups = append(groups, cur)
 				cur = nil
@@ -38,19 +50,21 @@ func parseFields(b []byte) []fieldGroup {
 			continue
 		}
 		if (line[0] == ' ' || line[0] == '\t') && len(cur) > 0 {
-			last := &cur[len(cur)-1]
-			last.value = strings.TrimSpace(last.value + " " + strings.TrimSpace(line))
+			if val.Len() < maxFieldValue {
+				val.WriteByte(' ')
+				val.WriteString(strings.TrimSpace(line))
+			}
 			continue
 		}
 		name, value, ok := strings.Cut(line, ":")
 		if !ok {
 			continue
 		}
-		cur = append(cur, field{
-			name:  strings.ToLower(strings.TrimSpace(name)),
-			value: strings.TrimSpace(value),
-		})
+		flush()
+		cur = append(cur, field{name: strings.ToLower(strings.TrimSpace(name))})
+		val.WriteString(strings.TrimSpace(value))
 	}
+	flush()
 	if len(cur) > 0 {
 		groups = append(groups, cur)
 	}
@@ -71,7 +85,9 @@ func parseDSN(env *envelope, rep *Report) {
 			perMessage = append(perMessage, g...)
 			continue
 		}
-		rep.Recipients = append(rep.Recipients, dsnRecipient(g))
+		if len(rep.Recipients) < maxRecipients {
+			rep.Recipients = append(rep.Recipients, dsnRecipient(g))
+		}
 	}
 	if rep.OriginalEnvelopeFrom == "" {
 		for _, n := range []string{"x-postfix-sender", "x-original-envelope-from", "original-envelope-from"} {

@@ -161,3 +161,27 @@ func TestDump(t *testing.T) {
 		}
 	}
 }
+
+func TestAutoReplyNotBounce(t *testing.T) {
+	tests := []struct {
+		msg  string
+		want Kind
+	}{
+		{"From: Ken <ken@example.com>\nSubject: Automatic reply: Undeliverable invoice?\nAuto-Submitted: auto-replied\n\nI am away until Monday.\n", KindAutoReply},
+		{"From: Ken <ken@example.com>\nSubject: Re: invoice\nX-Autoreply: yes\n\nThanks, received.\n", KindAutoReply},
+		{"From: Ken <ken@example.com>\nSubject: Out of Office\nPrecedence: bulk\n\nAway.\n", KindAutoReply},
+		{"From: Ken <ken@example.com>\nSubject: Re: invoice\nAuto-Submitted: no\n\nThanks.\n", KindUnknown},
+		{"From: Ken <ken@example.com>\nSubject: Re: invoice\nPrecedence: bulk\n\nThanks.\n", KindUnknown},
+		// Exim marks its bounces auto-replied; the daemon sender wins.
+		{"From: Mail Delivery System <Mailer-Daemon@mx.example>\nSubject: Mail delivery failed\nAuto-Submitted: auto-replied\n\n  a@example.com\n    Unrouteable address\n", KindBounce},
+	}
+	for _, tt := range tests {
+		rep, err := Parse(strings.NewReader(tt.msg))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rep.Kind != tt.want {
+			t.Errorf("Parse(%.60q).Kind = %q, want %q", tt.msg, rep.Kind, tt.want)
+		}
+	}
+}

@@ -70,11 +70,15 @@ var (
 	reCodeLine  = regexp.MustCompile(`(?i)(^|\s|#|<<<\s?|said:\s?|\()[45]\d\d[\s\-:]`)
 )
 
+// maxDetect bounds the body text searched for bounce and auto-reply
+// markers; they sit at the top of a report.
+const maxDetect = 256 << 10
+
 // classifyPlain decides what a message without a delivery-status or
 // feedback-report part is, and recovers recipients for bounces.
 func classifyPlain(env *envelope, rep *Report) {
 	subj := strings.ToLower(env.subject)
-	body := strings.ToLower(env.bodyText())
+	body := lowerASCII(truncate(env.bodyText(), maxDetect))
 	autoSubj := matchAny(subj, autoSubjects)
 	daemon := fromDaemon(env)
 	bounce := daemon || matchAny(body, bounceMarkers) || (matchAny(subj, bounceSubjects) && !autoSubj)
@@ -292,7 +296,7 @@ func plainRecipient(b *block, kind Kind, head string) Recipient {
 		}
 		return rc
 	}
-	rc.Reason = Classify(rc.Code, rc.Status, joined)
+	rc.Reason = Classify(rc.Code, rc.Status, truncate(joined, 4*maxDiagnostic))
 	if kind == KindBounce && (strings.HasPrefix(rc.Status, "4") || rc.Status == "" && rc.Code/100 == 4) {
 		switch rc.Reason {
 		case ReasonNetwork, ReasonSystem, ReasonOther, ReasonRateLimited:

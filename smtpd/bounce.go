@@ -55,9 +55,9 @@ type BounceOptions struct {
 	// exhaust the listener.
 	MaxMessagesPerMinutePerIP int
 	VERP                      VERPDecoder
-	Intake              BounceIntake
-	Logger              *slog.Logger
-	Now                 func() time.Time
+	Intake                    BounceIntake
+	Logger                    *slog.Logger
+	Now                       func() time.Time
 }
 
 // BounceServer is the inbound MX for VERP addresses. It has no AUTH and
