@@ -660,3 +660,18 @@ mailbox-full = "720h"
 		t.Errorf("JSON log line:\n%s", buf.String())
 	}
 }
+
+func TestRelativeDataDirFollowsConfigFile(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "hermod.toml")
+	if err := os.WriteFile(path, []byte("data_dir = \"spool\"\n[submission]\nlisten = \"127.0.0.1:5587\"\n[bounce]\ndomain = \"m.example.test\"\n[sender]\ndefault_from = \"bounce@example.test\"\ndkim_domain = \"example.test\"\n[api]\nlisten = \"127.0.0.1:8025\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := filepath.Join(dir, "spool"); c.DataDir != want {
+		t.Errorf("data_dir = %q, want %q (relative to the config file)", c.DataDir, want)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"reflect"
 	"regexp"
 	"sort"
@@ -27,7 +28,16 @@ func Load(path string) (*Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
-	return Parse(data, path)
+	c, err := Parse(data, path)
+	if err != nil {
+		return nil, err
+	}
+	// A relative data_dir is taken from the file's directory, so that the
+	// daemon and the CLI find the same one wherever they are started from.
+	if dir := filepath.Dir(path); dir != "." && !filepath.IsAbs(c.DataDir) {
+		c.DataDir = filepath.Join(dir, c.DataDir)
+	}
+	return c, nil
 }
 
 // Parse decodes data strictly, applies the defaults to every zero value and

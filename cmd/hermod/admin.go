@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/url"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/hermod-mta/hermod/api"
@@ -113,7 +114,7 @@ func (c *cli) domainCmd(args []string) error {
 }
 
 // printDomain shows a domain with the records to publish, as a person pastes
-// them into a DNS console, and the findings of the last check.
+// them into a DNS console (name, type, value), and the findings of the last check.
 func (c *cli) printDomain(d api.DomainView) {
 	name := d.UnicodeName
 	if name != d.Name {
@@ -124,8 +125,6 @@ func (c *cli) printDomain(d api.DomainView) {
 		fmt.Fprintf(c.stdout, "  %s\n", d.Reason)
 	}
 	fmt.Fprintln(c.stdout, "\nPublish these two records (both are required):")
-	tw := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "  NAME\tTYPE\tVALUE\tCHECK")
 	for _, r := range d.Records {
 		check := "not checked yet"
 		for _, f := range []domainRecord{{d.DKIM.Type, d.DKIM.OK, d.DKIM.Problem, d.DKIM.Found}, {d.CNAME.Type, d.CNAME.OK, d.CNAME.Problem, d.CNAME.Found}} {
@@ -134,21 +133,20 @@ func (c *cli) printDomain(d api.DomainView) {
 				if !f.ok {
 					check = f.problem
 					if len(f.found) > 0 {
-						check += "; found: " + fmt.Sprint(f.found)
+						check += "; found: " + strings.Join(f.found, " | ")
 					}
 				}
 			}
 		}
-		fmt.Fprintf(tw, "  %s.\t%s\t%s\t%s\n", r.Name, r.Type, r.Value, check)
-	}
-	tw.Flush()
-	if !d.LastCheck.IsZero() {
-		fmt.Fprintf(c.stdout, "\nlast check %s", d.LastCheck.Local().Format("2006-01-02 15:04:05"))
-	}
-	if !d.NextCheck.IsZero() {
-		fmt.Fprintf(c.stdout, ", next check %s", d.NextCheck.Local().Format("2006-01-02 15:04:05"))
+		fmt.Fprintf(c.stdout, "\n  name:   %s\n  type:   %s\n  value:  %s\n  check:  %s\n", r.Name, r.Type, r.Value, check)
 	}
 	fmt.Fprintln(c.stdout)
+	if !d.LastCheck.IsZero() {
+		fmt.Fprintf(c.stdout, "last check %s\n", d.LastCheck.Local().Format("2006-01-02 15:04:05"))
+	}
+	if !d.NextCheck.IsZero() {
+		fmt.Fprintf(c.stdout, "next check %s (or now: hermod domain check %s %s)\n", d.NextCheck.Local().Format("2006-01-02 15:04:05"), d.Account, d.Name)
+	}
 }
 
 type domainRecord struct {
