@@ -194,6 +194,10 @@ func (s *Server) findMessages(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) deleteMessage(w http.ResponseWriter, r *http.Request) {
+	if !queue.ValidID(r.PathValue("id")) {
+		writeError(w, http.StatusBadRequest, "bad_id", "message id must be 16 characters 0-9a-v, as in the 250 reply")
+		return
+	}
 	if err := s.opts.Queue.Delete(r.Context(), r.PathValue("id")); err != nil {
 		s.fail(w, err)
 		return
@@ -202,6 +206,10 @@ func (s *Server) deleteMessage(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) retryMessage(w http.ResponseWriter, r *http.Request) {
+	if !queue.ValidID(r.PathValue("id")) {
+		writeError(w, http.StatusBadRequest, "bad_id", "message id must be 16 characters 0-9a-v, as in the 250 reply")
+		return
+	}
 	n, err := s.opts.Queue.Retry(r.Context(), r.PathValue("id"))
 	if err != nil {
 		s.fail(w, err)

@@ -155,10 +155,6 @@ func (s *Store) List(opts ListOptions) ([]*Message, string, error) {
 			}
 		}
 		for ; k != nil; k, v = c.Prev() {
-			if len(out) == opts.Limit {
-				next = string(out[len(out)-1].ID)
-				return nil
-			}
 			if opts.Status != "" && !bytes.Contains(v, []byte(`"status":"`+string(opts.Status)+`"`)) {
 				continue
 			}
@@ -168,6 +164,10 @@ func (s *Store) List(opts ListOptions) ([]*Message, string, error) {
 			}
 			if opts.Status != "" && !hasStatus(m, opts.Status) {
 				continue
+			}
+			if len(out) == opts.Limit { // a match beyond the page: there is a next one
+				next = out[len(out)-1].ID
+				return nil
 			}
 			out = append(out, m)
 		}

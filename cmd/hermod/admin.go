@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"errors"
+	"flag"
 	"fmt"
 	"net/url"
 	"strconv"
@@ -20,6 +22,9 @@ func (c *cli) accountCmd(args []string) error {
 	fs, path := c.flags("account " + args[0])
 	owner := fs.String("owner", "", "address that receives the domain verification mails")
 	custom := fs.Bool("custom-domain", false, "the account has the custom mail domain option")
+	if args[0] != "set" && args[0] != "show" {
+		return usageError("unknown account command %q: use set or show", args[0])
+	}
 	pos, err := parse(fs, args[1:])
 	if err != nil {
 		return err
@@ -31,17 +36,36 @@ func (c *cli) accountCmd(args []string) error {
 	if err != nil {
 		return err
 	}
+	ctx := context.Background()
+	p := "/v1/accounts/" + url.PathEscape(pos[0])
 	var a domain.Account
-	switch args[0] {
-	case "set":
-		err = cl.Do(context.Background(), "PUT", "/v1/accounts/"+url.PathEscape(pos[0]), nil, api.AccountRequest{Owner: *owner, CustomDomain: *custom}, &a)
-	case "show":
-		err = cl.Do(context.Background(), "GET", "/v1/accounts/"+url.PathEscape(pos[0]), nil, nil, &a)
-	default:
-		return usageError("unknown account command %q", args[0])
-	}
-	if err != nil {
-		return err
+	if args[0] == "show" {
+		if err := cl.Do(ctx, "GET", p, nil, nil, &a); err != nil {
+			return err
+		}
+	} else {
+		// Flags not given keep the account's current values: changing the
+		// owner must not switch the paid option off.
+		given := map[string]bool{}
+		fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+		req := api.AccountRequest{Owner: *owner, CustomDomain: *custom}
+		if !given["owner"] || !given["custom-domain"] {
+			var cur domain.Account
+			err := cl.Do(ctx, "GET", p, nil, nil, &cur)
+			var ae *api.APIError
+			if err != nil && !(errors.As(err, &ae) && ae.Status == 404) {
+				return err
+			}
+			if !given["owner"] {
+				req.Owner = cur.Owner
+			}
+			if !given["custom-domain"] {
+				req.CustomDomain = cur.CustomDomain
+			}
+		}
+		if err := cl.Do(ctx, "PUT", p, nil, req, &a); err != nil {
+			return err
+		}
 	}
 	fmt.Fprintf(c.stdout, "account %s\n  owner          %s\n  custom domain  %t\n", a.ID, a.Owner, a.CustomDomain)
 	return nil
@@ -50,6 +74,11 @@ func (c *cli) accountCmd(args []string) error {
 func (c *cli) domainCmd(args []string) error {
 	if len(args) == 0 {
 		return usageError("usage: hermod domain add|ls|show|rm|check ACCOUNT [DOMAIN]")
+	}
+	switch args[0] {
+	case "add", "ls", "show", "rm", "check":
+	default:
+		return usageError("unknown domain command %q: use add, ls, show, rm or check", args[0])
 	}
 	fs, path := c.flags("domain " + args[0])
 	pos, err := parse(fs, args[1:])
@@ -167,9 +196,17 @@ func (c *cli) suppressCmd(args []string) error {
 	detail := fs.String("detail", "", "add: a note")
 	limit := fs.Int("limit", 100, "ls: page size")
 	page := fs.String("page", "", "ls: page cursor")
+	switch args[0] {
+	case "ls", "show", "add", "rm":
+	default:
+		return usageError("unknown suppress command %q: use ls, show, add or rm", args[0])
+	}
 	pos, err := parse(fs, args[1:])
 	if err != nil {
 		return err
+	}
+	if args[0] != "ls" && len(pos) != 1 {
+		return usageError("usage: hermod suppress %s ADDRESS", args[0])
 	}
 	cl, err := c.client(*path)
 	if err != nil {

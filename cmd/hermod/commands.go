@@ -91,6 +91,11 @@ func (c *cli) queueCmd(args []string) error {
 	if len(args) == 0 {
 		return usageError("usage: hermod queue ls|show|tail|retry|delete")
 	}
+	switch args[0] {
+	case "ls", "show", "tail", "retry", "delete":
+	default:
+		return usageError("unknown queue command %q: use ls, show, tail, retry or delete", args[0])
+	}
 	fs, path := c.flags("queue " + args[0])
 	status := fs.String("status", "", "only messages with a recipient in this status")
 	limit := fs.Int("limit", 50, "page size")
@@ -101,17 +106,20 @@ func (c *cli) queueCmd(args []string) error {
 	if err != nil {
 		return err
 	}
-	cl, err := c.client(*path)
-	if err != nil {
-		return err
-	}
-	ctx := context.Background()
 	needID := func() (string, error) {
 		if len(pos) != 1 {
 			return "", usageError("usage: hermod queue %s ID", args[0])
 		}
 		return pos[0], nil
 	}
+	if (args[0] == "show" || args[0] == "retry" || args[0] == "delete") && len(pos) != 1 {
+		return usageError("usage: hermod queue %s ID", args[0])
+	}
+	cl, err := c.client(*path)
+	if err != nil {
+		return err
+	}
+	ctx := context.Background()
 	switch args[0] {
 	case "ls":
 		q := url.Values{"limit": {strconv.Itoa(*limit)}}
