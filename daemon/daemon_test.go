@@ -256,17 +256,28 @@ func TestSubmitDeliverSignedAndRewritten(t *testing.T) {
 	}
 	req, _ := http.NewRequest("GET", "http://"+d.Addr("api.listen")+"/metrics", nil)
 	req.Header.Set("Authorization", "Bearer "+tok)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	text, _ := io.ReadAll(resp.Body)
-	for _, want := range []string{`hermod_submissions_total{result="accepted"} 1`, `hermod_queue_recipients{status="sent"} 1`,
-		`hermod_deliveries_total{status="sent"} 1`, `hermod_dkim_signatures_total 1`, "hermod_store_commits_total ", "hermod_submission_duration_seconds_bucket"} {
-		if !strings.Contains(string(text), want) {
-			t.Errorf("/metrics lacks %q", want)
+	wants := []string{`hermod_submissions_total{result="accepted"} 1`, `hermod_queue_recipients{status="sent"} 1`,
+		`hermod_deliveries_total{status="sent"} 1`, `hermod_dkim_signatures_total 1`, "hermod_store_commits_total ", "hermod_submission_duration_seconds_bucket"}
+	var missing []string
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
 		}
+		text, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		missing = missing[:0]
+		for _, want := range wants {
+			if !strings.Contains(string(text), want) {
+				missing = append(missing, want)
+			}
+		}
+		if len(missing) == 0 || time.Now().After(deadline) {
+			break
+		}
+	}
+	if len(missing) > 0 {
+		t.Errorf("/metrics lacks %q", missing)
 	}
 	req.Header.Del("Authorization")
 	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != http.StatusUnauthorized {

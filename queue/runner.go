@@ -168,7 +168,9 @@ func (r *Runner) dispatch(ctx context.Context) (time.Time, error) {
 				return nil
 			}
 			if len(due) >= free {
-				next = now // more due work than room: come back when a slot frees
+				// More due work than room: a finishing delivery wakes
+				// the loop; polling now would only spin.
+				next = time.Time{}
 				return nil
 			}
 			r.mu.Lock()
@@ -208,9 +210,6 @@ func (r *Runner) dispatch(ctx context.Context) (time.Time, error) {
 			}()
 			r.attempt(r.abortCtx, it.id, it.idx)
 		}()
-	}
-	if len(due) > 0 && next.IsZero() {
-		next = now.Add(time.Second)
 	}
 	return next, nil
 }
