@@ -42,7 +42,7 @@ func (o *ownerMail) send(ctx context.Context, acct domain.Account, d domain.Doma
 	h.Set("MIME-Version", "1.0")
 	h.Set("Subject", mime.BEncoding.Encode("utf-8", fmt.Sprintf("%s / %s: %s", subjJA, subjEN, name)))
 	h.Set("To", "<"+acct.Owner+">")
-	h.Set("From", "<"+o.from+">")
+	h.Set("From", o.from)
 	text := fmt.Sprintf("%s\r\n\r\n%s\r\n\r\n-- \r\nhermod (%s)\r\n", bodyJA, bodyEN, o.hostname)
 	text = strings.ReplaceAll(text, "{domain}", name)
 	enc := base64.StdEncoding.EncodeToString([]byte(text))
@@ -53,7 +53,7 @@ func (o *ownerMail) send(ctx context.Context, acct domain.Account, d domain.Doma
 	}
 	body.WriteString(enc + "\r\n")
 	id, err := o.pipeline.Submit(ctx, &smtpd.Submission{User: systemUser, RemoteAddr: netip.IPv6Loopback(), HELO: o.hostname,
-		MailFrom: o.from, Rcpts: []string{acct.Owner}, Header: h, Body: []byte(body.String())})
+		MailFrom: o.from, Rcpts: []string{acct.Owner}, Header: h, Body: []byte(body.String()), System: true})
 	if err != nil {
 		return fmt.Errorf("queue domain notice to %s: %w", acct.Owner, err)
 	}
@@ -76,6 +76,6 @@ func (o *ownerMail) DomainVerified(ctx context.Context, acct domain.Account, d d
 func (o *ownerMail) DomainFailed(ctx context.Context, acct domain.Account, d domain.Domain) error {
 	reason := d.Reason
 	return o.send(ctx, acct, d, "ドメイン認証に失敗しました", "Domain verification failed",
-		"ドメイン {domain} の認証ができませんでした（"+reason+"）。このドメインは使用されず、メールは bounce@makeleaps.com から送付されます。DNSレコードをご確認のうえ、再度確認してください。",
-		"The domain {domain} could not be verified ("+reason+"). It is not used; mail goes out from the platform address until the DNS records are fixed and checked again.")
+		"ドメイン {domain} の認証ができませんでした（"+reason+"）。このドメインは使用されず、メールは "+o.from+" から送付されます。DNSレコードをご確認のうえ、再度確認してください。",
+		"The domain {domain} could not be verified ("+reason+"). It is not used; mail goes out from "+o.from+" until the DNS records are fixed and checked again.")
 }

@@ -31,6 +31,9 @@ type Submission struct {
 	// Header is the parsed header block; Body the bytes after it, verbatim.
 	Header textproto.Header
 	Body   []byte
+	// System marks mail hermod writes itself (domain notices): it is sent
+	// from the platform identity as written, without the sender rule.
+	System bool
 }
 
 // Submitter turns a submission into a queued message and returns its id once

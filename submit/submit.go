@@ -123,7 +123,12 @@ func (p *Pipeline) Submit(ctx context.Context, sub *smtpd.Submission) (string, e
 		in.IsVerified = func(d string) bool { return p.opts.Accounts.IsVerified(account, d) }
 	}
 	headerFrom := h.Get("From")
-	dec, err := p.opts.Rule.Apply(&h, in)
+	var dec sender.Decision
+	if sub.System {
+		dec = sender.Decision{From: headerFrom, EnvelopeHost: p.opts.Rule.BounceDomain}
+	} else {
+		dec, err = p.opts.Rule.Apply(&h, in)
+	}
 	if err != nil {
 		var fe *sender.FromError
 		if errors.As(err, &fe) {
