@@ -1,0 +1,102 @@
+package daemon
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"io"
+	"math/big"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+)
+
+// writeCert writes a self-signed certificate and key for hermod.test.
+func writeCert(t *testing.T, dir string) (certFile, keyFile string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "hermod.test"},
+		DNSNames: []string{"hermod.test"}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, _ := x509.MarshalPKCS8PrivateKey(key)
+	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
+	os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), 0o600)
+	return certFile, keyFile
+}
+
+func sendOver(t *testing.T, c *smtp.Client, auth sasl.Client, rcpt string) {
+	t.Helper()
+	if err := c.Auth(auth); err != nil {
+		t.Fatalf("auth: %v", err)
+	}
+	if err := c.SendMail("app@saas.test", []string{rcpt}, strings.NewReader("From: a@customer.test\r\nSubject: tls\r\n\r\nover TLS\r\n")); err != nil {
+		t.Fatalf("send: %v", err)
+	}
+	c.Quit()
+}
+
+func TestSTARTTLSAndImplicitTLS(t *testing.T) {
+	sink := newSinkMX(t)
+	dir := t.TempDir()
+	cfg := testConfig(t, dir, sink.addr)
+	cfg.Submission.TLSCert, cfg.Submission.TLSKey = writeCert(t, dir)
+	cfg.Submission.ListenTLS = "127.0.0.1:0"
+	d := startDaemon(t, cfg)
+	tc := &tls.Config{InsecureSkipVerify: true, ServerName: "hermod.test"}
+
+	// STARTTLS, then AUTH LOGIN.
+	c, err := smtp.DialStartTLS(d.Addr("submission.listen"), tc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sendOver(t, c, sasl.NewLoginClient("app", "secret-pass"), "starttls@dest.test")
+	m := sink.wait(t, "starttls@dest.test")
+	if !strings.Contains(string(m.Data), "with ESMTPSA") {
+		t.Errorf("Received line does not record TLS:\n%s", m.Data)
+	}
+
+	// Implicit TLS (RFC 8314), AUTH PLAIN.
+	c, err = smtp.DialTLS(d.Addr("submission.listen_tls"), tc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sendOver(t, c, sasl.NewPlainClient("", "app", "secret-pass"), "implicit@dest.test")
+	sink.wait(t, "implicit@dest.test")
+
+	// The plain listener offers STARTTLS.
+	conn, err := netDial(d.Addr("submission.listen"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	rd := newReplyReader(conn)
+	rd.next(t)
+	io.WriteString(conn, "EHLO c.test\r\n")
+	var ehlo []string
+	for {
+		line, _ := rd.r.ReadString('\n')
+		ehlo = append(ehlo, strings.TrimSpace(line))
+		if len(line) < 4 || line[3] != '-' {
+			break
+		}
+	}
+	if !strings.Contains(strings.Join(ehlo, "\n"), "STARTTLS") {
+		t.Errorf("EHLO does not offer STARTTLS: %q", ehlo)
+	}
+}
