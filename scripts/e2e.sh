@@ -729,6 +729,13 @@ check "50 messages submitted over one smtplib connection are all acknowledged wi
 sleep 1.5 # let the first attempts fail against the stopped sink
 check "with the sink stopped, the messages are deferred" \
 	eval 'n=$(api "/v1/queue?status=deferred&limit=500" | "$PY" -P -c "import json,sys; print(len(json.load(sys.stdin).get(\"messages\") or []))") && [ "$n" -gt 0 ] || diag "deferred messages: ${n:-?}"'
+waiting_wording() {
+	local id out
+	id=$(head -n 1 "$TMP/bulk-ids.txt" | cut -d' ' -f1)
+	out=$(hq status "$id" 2>&1) || { diag "$out"; return 1; }
+	grep -q 'deferred' <<<"$out" && grep -q '送信結果待ち' <<<"$out" || diag "$out"
+}
+check "hermod status of a deferred message shows deferred with the wording 送信結果待ち" waiting_wording
 kill -KILL "$HERMOD_PID" 2>/dev/null || notok "hermod was still running before kill -9"
 wait "$HERMOD_PID" 2>/dev/null || true
 HERMOD_PID=

@@ -239,6 +239,9 @@ func (s *bounceSession) Data(r io.Reader) error {
 		if errors.As(err, &se) {
 			return se
 		}
+		if errors.Is(err, smtp.ErrTooLongLine) {
+			return errLineTooLong
+		}
 		return reply(451, smtp.EnhancedCode{4, 4, 2}, "Connection lost during DATA; nothing was accepted")
 	}
 	if sr.fault != nil {

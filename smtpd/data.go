@@ -52,7 +52,7 @@ func (s *strictReader) scan(b []byte) {
 		}
 		s.line++
 		if s.line > maxLine-2 {
-			s.fault = reply(550, smtp.EnhancedCode{5, 5, 2}, "Message has a line longer than 998 characters (RFC 5322 2.1.1); fold headers or encode the body")
+			s.fault = errLineTooLong
 			return
 		}
 	}

@@ -20,5 +20,6 @@ var (
 	errLocal        = reply(451, smtp.EnhancedCode{4, 3, 0}, "Local error in processing; try again later")
 	errStorage      = reply(452, smtp.EnhancedCode{4, 3, 1}, "Insufficient system storage; message not accepted, try again later")
 	errTooBig       = reply(552, smtp.EnhancedCode{5, 3, 4}, "Message size exceeds the fixed maximum message size")
+	errLineTooLong  = reply(550, smtp.EnhancedCode{5, 5, 2}, "Message has a line longer than 998 characters (RFC 5322 2.1.1); fold headers or encode the body")
 	errShutdown     = reply(421, smtp.EnhancedCode{4, 3, 2}, "Service shutting down; try again later")
 )

@@ -163,6 +163,9 @@ func (s *session) readFailure(sr *strictReader, err error, part string) error {
 		}
 		return se
 	}
+	if errors.Is(err, smtp.ErrTooLongLine) {
+		return errLineTooLong
+	}
 	if errors.Is(err, io.ErrUnexpectedEOF) {
 		s.srv.log.Info("client vanished during DATA; nothing queued", "client", s.addr)
 		return reply(451, smtp.EnhancedCode{4, 4, 2}, "Connection lost during DATA; nothing was queued")
