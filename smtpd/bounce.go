@@ -67,11 +67,10 @@ type BounceServer struct {
 	opts BounceOptions
 	log  *slog.Logger
 
-	mu        sync.Mutex
-	servers   []*smtp.Server
-	listeners []*limitListener
-	closing   bool
-	rate      map[netip.Addr]*window
+	srvs servers
+
+	mu   sync.Mutex // guards rate
+	rate map[netip.Addr]*window
 }
 
 // NewBounceServer returns a bounce listener.
@@ -130,10 +129,7 @@ func (b *BounceServer) allow(addr netip.Addr) bool {
 // Serve accepts connections on l until Shutdown.
 func (b *BounceServer) Serve(l net.Listener) error {
 	srv := smtp.NewServer(smtp.BackendFunc(func(c *smtp.Conn) (smtp.Session, error) {
-		b.mu.Lock()
-		closing := b.closing
-		b.mu.Unlock()
-		if closing {
+		if b.srvs.isClosing() {
 			return nil, errShutdown
 		}
 		return &bounceSession{b: b, addr: remoteAddr(c.Conn())}, nil
@@ -144,30 +140,15 @@ func (b *BounceServer) Serve(l net.Listener) error {
 	srv.ReadTimeout = b.opts.IdleTimeout
 	srv.WriteTimeout = time.Minute
 	srv.ErrorLog = slogLogger{b.log}
-	b.mu.Lock()
-	if b.closing {
-		b.mu.Unlock()
-		return smtp.ErrServerClosed
+	lim, err := b.srvs.register(srv, l, b.opts.MaxConnections, b.opts.MaxConnectionsPerIP, b.opts.Hostname)
+	if err != nil {
+		return nil // stopping already
 	}
-	lim := newLimitListener(l, b.opts.MaxConnections, b.opts.MaxConnectionsPerIP, b.opts.Hostname)
-	b.servers = append(b.servers, srv)
-	b.listeners = append(b.listeners, lim)
-	b.mu.Unlock()
-	err := srv.Serve(lim)
-	if errors.Is(err, smtp.ErrServerClosed) {
-		return nil
-	}
-	return err
+	return serve(srv, lim)
 }
 
 // Shutdown drains the listener like Server.Shutdown.
-func (b *BounceServer) Shutdown(ctx context.Context) error {
-	b.mu.Lock()
-	b.closing = true
-	servers, listeners := b.servers, b.listeners
-	b.mu.Unlock()
-	return drainAndClose(ctx, servers, listeners)
-}
+func (b *BounceServer) Shutdown(ctx context.Context) error { return b.srvs.shutdown(ctx) }
 
 type bounceSession struct {
 	b        *BounceServer
@@ -179,10 +160,7 @@ type bounceSession struct {
 var errNoSuchVERP = reply(550, smtp.EnhancedCode{5, 1, 1}, "No such recipient here: this host only accepts bounces for addresses it issued")
 
 func (s *bounceSession) Mail(from string, opts *smtp.MailOptions) error {
-	s.b.mu.Lock()
-	closing := s.b.closing
-	s.b.mu.Unlock()
-	if closing {
+	if s.b.srvs.isClosing() {
 		return errShutdown
 	}
 	if !s.b.allow(s.addr) {

@@ -1,6 +1,10 @@
 package smtpd
 
 import (
+	"context"
+	"errors"
+
+	"github.com/emersion/go-smtp"
 	"net"
 	"net/netip"
 	"sync"
@@ -104,4 +108,78 @@ func remoteAddr(c net.Conn) netip.Addr {
 func isLoopbackListener(l net.Listener) bool {
 	ap, err := netip.ParseAddrPort(l.Addr().String())
 	return err == nil && ap.Addr().Unmap().IsLoopback()
+}
+
+// servers tracks the go-smtp servers and limit listeners of one service so
+// that a stop can drain them all (new connections get 421, open sessions end
+// on their own or at the deadline).
+type servers struct {
+	mu        sync.Mutex
+	list      []*smtp.Server
+	listeners []*limitListener
+	closing   bool
+}
+
+// register wraps l in a limit listener and records srv; it fails once the
+// service is stopping.
+func (ss *servers) register(srv *smtp.Server, l net.Listener, total, perIP int, domain string) (*limitListener, error) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if ss.closing {
+		return nil, smtp.ErrServerClosed
+	}
+	lim := newLimitListener(l, total, perIP, domain)
+	ss.list = append(ss.list, srv)
+	ss.listeners = append(ss.listeners, lim)
+	return lim, nil
+}
+
+func (ss *servers) isClosing() bool {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	return ss.closing
+}
+
+// shutdown drains every listener, waits for their sessions to end (or ctx),
+// then closes the servers.
+func (ss *servers) shutdown(ctx context.Context) error {
+	ss.mu.Lock()
+	ss.closing = true
+	list, listeners := ss.list, ss.listeners
+	ss.mu.Unlock()
+	for _, l := range listeners {
+		l.drain()
+	}
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+wait:
+	for {
+		open := 0
+		for _, l := range listeners {
+			open += l.openConns()
+		}
+		if open == 0 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			break wait
+		case <-tick.C:
+		}
+	}
+	var errs []error
+	for _, srv := range list {
+		if err := srv.Close(); err != nil && !errors.Is(err, smtp.ErrServerClosed) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// serve runs srv on l; a stop is not an error.
+func serve(srv *smtp.Server, l net.Listener) error {
+	if err := srv.Serve(l); !errors.Is(err, smtp.ErrServerClosed) {
+		return err
+	}
+	return nil
 }

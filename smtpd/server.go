@@ -69,12 +69,10 @@ type Server struct {
 	log     *slog.Logger
 	limiter *authLimiter
 
-	mu        sync.RWMutex
-	users     map[string]*User
-	tlsConf   *tls.Config
-	servers   []*smtp.Server
-	listeners []*limitListener
-	closing   bool
+	mu      sync.RWMutex
+	users   map[string]*User
+	tlsConf *tls.Config
+	srvs    servers
 }
 
 // New returns a submission server.
@@ -156,73 +154,23 @@ func (s *Server) Serve(l net.Listener, implicitTLS bool) error {
 	if !implicitTLS {
 		srv.TLSConfig = tc
 	}
-	s.mu.Lock()
-	if s.closing {
-		s.mu.Unlock()
-		return smtp.ErrServerClosed
+	lim, err := s.srvs.register(srv, l, s.opts.MaxConnections, s.opts.MaxConnectionsPerIP, s.opts.Hostname)
+	if err != nil {
+		return nil // stopping already
 	}
-	lim := newLimitListener(l, s.opts.MaxConnections, s.opts.MaxConnectionsPerIP, s.opts.Hostname)
-	s.servers = append(s.servers, srv)
-	s.listeners = append(s.listeners, lim)
-	s.mu.Unlock()
 	ll := net.Listener(lim)
 	if implicitTLS {
 		ll = tls.NewListener(ll, tc)
 	}
-	err := srv.Serve(ll)
-	if errors.Is(err, smtp.ErrServerClosed) {
-		return nil
-	}
-	return err
+	return serve(srv, ll)
 }
 
 // Shutdown drains the server: new connections get 421, open sessions may
 // finish the message they are sending but get 421 at their next MAIL, and
 // once they are gone (or ctx ends) everything is closed.
-func (s *Server) Shutdown(ctx context.Context) error {
-	s.mu.Lock()
-	s.closing = true
-	servers, listeners := s.servers, s.listeners
-	s.mu.Unlock()
-	return drainAndClose(ctx, servers, listeners)
-}
+func (s *Server) Shutdown(ctx context.Context) error { return s.srvs.shutdown(ctx) }
 
-// drainAndClose waits for the sessions of listeners to end, then closes servers.
-func drainAndClose(ctx context.Context, servers []*smtp.Server, listeners []*limitListener) error {
-	for _, l := range listeners {
-		l.drain()
-	}
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-wait:
-	for {
-		open := 0
-		for _, l := range listeners {
-			open += l.openConns()
-		}
-		if open == 0 {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			break wait
-		case <-tick.C:
-		}
-	}
-	var errs []error
-	for _, srv := range servers {
-		if err := srv.Close(); err != nil && !errors.Is(err, smtp.ErrServerClosed) {
-			errs = append(errs, err)
-		}
-	}
-	return errors.Join(errs...)
-}
-
-func (s *Server) isClosing() bool {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	return s.closing
-}
+func (s *Server) isClosing() bool { return s.srvs.isClosing() }
 
 func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
 	if s.isClosing() {
