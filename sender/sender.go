@@ -260,6 +260,10 @@ func parseFrom(h *textproto.Header) (name, local, domain string, err error) {
 	if local == "" {
 		return "", "", "", &FromError{Msg: "From address has an empty local part"}
 	}
+	if len(local) > 64 {
+		// RFC 5321 4.5.3.1.1; a longer one cannot even be folded onto lines.
+		return "", "", "", &FromError{Msg: "From address has a local part longer than 64 octets"}
+	}
 	if domain, err = NormalizeDomain(domain); err != nil {
 		return "", "", "", &FromError{Msg: "From address has an invalid domain", Err: err}
 	}
