@@ -23,96 +23,10 @@ import (
 
 	"github.com/hermod-mta/hermod/config"
 	"github.com/hermod-mta/hermod/dkim"
+	"github.com/hermod-mta/hermod/internal/testnet"
 	"github.com/hermod-mta/hermod/queue"
 	"github.com/hermod-mta/hermod/webhook"
 )
-
-// sinkMsg is one message received by the test MX.
-type sinkMsg struct {
-	From, To string
-	Data     []byte
-}
-
-// sinkMX is a go-smtp server on loopback standing in for remote MX hosts. A
-// recipient's answer can be scripted: the first replies in its list are used
-// in turn, after which it accepts.
-type sinkMX struct {
-	mu      sync.Mutex
-	msgs    []sinkMsg
-	script  map[string][]*smtp.SMTPError
-	arrived chan sinkMsg
-	addr    string
-	srv     *smtp.Server
-}
-
-func newSinkMX(t *testing.T) *sinkMX {
-	t.Helper()
-	s := &sinkMX{script: map[string][]*smtp.SMTPError{}, arrived: make(chan sinkMsg, 100)}
-	s.srv = smtp.NewServer(smtp.BackendFunc(func(c *smtp.Conn) (smtp.Session, error) { return &sinkSession{s: s}, nil }))
-	s.srv.Domain = "sink.test"
-	l, err := netListen()
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.addr = l.Addr().String()
-	go s.srv.Serve(l)
-	t.Cleanup(func() { s.srv.Close() })
-	return s
-}
-
-func (s *sinkMX) answer(rcpt string, errs ...*smtp.SMTPError) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.script[rcpt] = errs
-}
-
-func (s *sinkMX) wait(t *testing.T, to string) sinkMsg {
-	t.Helper()
-	deadline := time.After(15 * time.Second)
-	for {
-		select {
-		case m := <-s.arrived:
-			if m.To == to {
-				return m
-			}
-		case <-deadline:
-			t.Fatalf("no message for %s arrived at the MX", to)
-		}
-	}
-}
-
-type sinkSession struct {
-	s        *sinkMX
-	from, to string
-}
-
-func (ss *sinkSession) Mail(from string, _ *smtp.MailOptions) error { ss.from = from; return nil }
-func (ss *sinkSession) Rcpt(to string, _ *smtp.RcptOptions) error {
-	ss.s.mu.Lock()
-	defer ss.s.mu.Unlock()
-	if l := ss.s.script[to]; len(l) > 0 {
-		ss.s.script[to] = l[1:]
-		if l[0] != nil {
-			return l[0]
-		}
-	}
-	ss.to = to
-	return nil
-}
-func (ss *sinkSession) Data(r io.Reader) error {
-	b, err := io.ReadAll(r)
-	if err != nil {
-		return err
-	}
-	m := sinkMsg{From: ss.from, To: ss.to, Data: b}
-	ss.s.mu.Lock()
-	ss.s.msgs = append(ss.s.msgs, m)
-	ss.s.mu.Unlock()
-	ss.s.arrived <- m
-	return nil
-}
-func (ss *sinkSession) Reset()        {}
-func (ss *sinkSession) Logout() error { return nil }
 
 var hashOnce = sync.OnceValue(func() string {
 	h, _ := bcrypt.GenerateFromPassword([]byte("secret-pass"), bcrypt.MinCost)
@@ -209,8 +123,8 @@ func submitRaw(t *testing.T, addr string, lines ...string) []string {
 const plainAuth = "AUTH PLAIN AGFwcABzZWNyZXQtcGFzcw==\r\n" // \0app\0secret-pass
 
 func TestSubmitDeliverSignedAndRewritten(t *testing.T) {
-	sink := newSinkMX(t)
-	cfg := testConfig(t, t.TempDir(), sink.addr)
+	sink := testnet.NewSink(t)
+	cfg := testConfig(t, t.TempDir(), sink.Addr())
 	d := startDaemon(t, cfg)
 
 	msg := "From: \"Taro Seikyu\" <taro@customer.test>\r\nTo: hanako@dest.test\r\nSubject: invoice\r\nX-Hermod-Ref: inv-42\r\n\r\nbody line\r\n..leading dot\r\n"
@@ -223,7 +137,10 @@ func TestSubmitDeliverSignedAndRewritten(t *testing.T) {
 		t.Fatalf("DATA reply %q", got)
 	}
 	id := mm[1]
-	m := sink.wait(t, "hanako@dest.test")
+	m, err := sink.Wait("hanako@dest.test", 15*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
 	body := string(m.Data)
 	for _, want := range []string{"\r\nbody line\r\n.leading dot\r\n", "Reply-To: Taro Seikyu <taro@customer.test>", "From: \"Taro Seikyu (via MakeLeaps)\" <bounce@makeleaps.test>", "Message-Id: <" + id + "@hermod.test>"} {
 		if !strings.Contains(body, want) {
@@ -306,8 +223,8 @@ func waitRcpt(t *testing.T, d *Daemon, id string, idx int, want queue.Status) *q
 }
 
 func TestSubmissionRefusals(t *testing.T) {
-	sink := newSinkMX(t)
-	d := startDaemon(t, testConfig(t, t.TempDir(), sink.addr))
+	sink := testnet.NewSink(t)
+	d := startDaemon(t, testConfig(t, t.TempDir(), sink.Addr()))
 	addr := d.Addr("submission.listen")
 	cases := []struct {
 		name  string
@@ -349,11 +266,11 @@ func dataLines(msg string) []string {
 }
 
 func TestDeferRetryBounceAndSuppression(t *testing.T) {
-	sink := newSinkMX(t)
-	sink.answer("later@dest.test", &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "greylisted, come back later"})
-	sink.answer("gone@dest.test", &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "<gone@dest.test>: Recipient address rejected: User unknown"})
-	sink.answer("blocked@dest.test", &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "Service unavailable; client host [192.0.2.1] blocked using zen.spamhaus.org"})
-	d := startDaemon(t, testConfig(t, t.TempDir(), sink.addr))
+	sink := testnet.NewSink(t)
+	sink.Answer("later@dest.test", &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "greylisted, come back later"})
+	sink.Answer("gone@dest.test", &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "<gone@dest.test>: Recipient address rejected: User unknown"})
+	sink.Answer("blocked@dest.test", &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "Service unavailable; client host [192.0.2.1] blocked using zen.spamhaus.org"})
+	d := startDaemon(t, testConfig(t, t.TempDir(), sink.Addr()))
 	addr := d.Addr("submission.listen")
 	msg := "From: a@customer.test\r\nSubject: x\r\n\r\nbody\r\n"
 	replies := submitRaw(t, addr, append(dataLinesTo(msg, "later@dest.test", "gone@dest.test", "blocked@dest.test"), "QUIT\r\n")...)
@@ -396,8 +313,8 @@ func dataLinesTo(msg string, rcpts ...string) []string {
 }
 
 func TestBounceListener(t *testing.T) {
-	sink := newSinkMX(t)
-	d := startDaemon(t, testConfig(t, t.TempDir(), sink.addr))
+	sink := testnet.NewSink(t)
+	d := startDaemon(t, testConfig(t, t.TempDir(), sink.Addr()))
 	msg := "From: a@customer.test\r\nSubject: x\r\n\r\nbody\r\n"
 	replies := submitRaw(t, d.Addr("submission.listen"), append(dataLinesTo(msg, "taro@dest.test", "jiro@dest.test"), "QUIT\r\n")...)
 	id := reQueued.FindStringSubmatch(replies[len(replies)-2])[1]
@@ -451,11 +368,11 @@ func dsn(rcpt string) string {
 }
 
 func TestRestartDeliversQueuedMail(t *testing.T) {
-	sink := newSinkMX(t)
+	sink := testnet.NewSink(t)
 	dir := t.TempDir()
-	sink.answer("r@dest.test", &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 4, 5}, Message: "busy"},
+	sink.Answer("r@dest.test", &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 4, 5}, Message: "busy"},
 		&smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 4, 5}, Message: "busy"})
-	cfg := testConfig(t, dir, sink.addr)
+	cfg := testConfig(t, dir, sink.Addr())
 	cfg.Relay.Retry = []time.Duration{time.Hour}
 	d, err := New(cfg, slog.New(slog.DiscardHandler), Options{})
 	if err != nil {
@@ -471,7 +388,7 @@ func TestRestartDeliversQueuedMail(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Restarted a while later (the retry is an hour away: pretend it passed).
-	cfg2 := testConfig(t, dir, sink.addr)
+	cfg2 := testConfig(t, dir, sink.Addr())
 	cfg2.Relay.MaxAge = 24 * time.Hour
 	d2, err := New(cfg2, slog.New(slog.DiscardHandler), Options{Now: func() time.Time { return time.Now().Add(2 * time.Hour) }})
 	if err != nil {
@@ -491,8 +408,8 @@ func TestRestartDeliversQueuedMail(t *testing.T) {
 }
 
 func TestShutdownDrains(t *testing.T) {
-	sink := newSinkMX(t)
-	cfg := testConfig(t, t.TempDir(), sink.addr)
+	sink := testnet.NewSink(t)
+	cfg := testConfig(t, t.TempDir(), sink.Addr())
 	d, err := New(cfg, slog.New(slog.DiscardHandler), Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -578,8 +495,8 @@ func TestWebhookEventsInOrder(t *testing.T) {
 		got = append(got, b.Events...)
 	}))
 	defer recv.Close()
-	sink := newSinkMX(t)
-	cfg := testConfig(t, t.TempDir(), sink.addr)
+	sink := testnet.NewSink(t)
+	cfg := testConfig(t, t.TempDir(), sink.Addr())
 	cfg.Webhooks = []config.Webhook{{URL: recv.URL + "/hook", SecretFile: "webhook.secret", Events: []string{"*"}}}
 	d := startDaemon(t, cfg)
 	tok, err := ReadToken(cfg.DataPath("webhook.secret"))

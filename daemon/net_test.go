@@ -7,7 +7,6 @@ import (
 	"testing"
 )
 
-func netListen() (net.Listener, error)      { return net.Listen("tcp", "127.0.0.1:0") }
 func netDial(addr string) (net.Conn, error) { return net.Dial("tcp", addr) }
 
 type replyReader struct{ r *bufio.Reader }

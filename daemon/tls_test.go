@@ -18,6 +18,8 @@ import (
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
+
+	"github.com/hermod-mta/hermod/internal/testnet"
 )
 
 // writeCert writes a self-signed certificate and key for hermod.test.
@@ -52,9 +54,9 @@ func sendOver(t *testing.T, c *smtp.Client, auth sasl.Client, rcpt string) {
 }
 
 func TestSTARTTLSAndImplicitTLS(t *testing.T) {
-	sink := newSinkMX(t)
+	sink := testnet.NewSink(t)
 	dir := t.TempDir()
-	cfg := testConfig(t, dir, sink.addr)
+	cfg := testConfig(t, dir, sink.Addr())
 	cfg.Submission.TLSCert, cfg.Submission.TLSKey = writeCert(t, dir)
 	cfg.Submission.ListenTLS = "127.0.0.1:0"
 	d := startDaemon(t, cfg)
@@ -66,7 +68,10 @@ func TestSTARTTLSAndImplicitTLS(t *testing.T) {
 		t.Fatal(err)
 	}
 	sendOver(t, c, sasl.NewLoginClient("app", "secret-pass"), "starttls@dest.test")
-	m := sink.wait(t, "starttls@dest.test")
+	m, err := sink.Wait("starttls@dest.test", 15*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if !strings.Contains(string(m.Data), "with ESMTPSA") {
 		t.Errorf("Received line does not record TLS:\n%s", m.Data)
 	}
@@ -77,7 +82,9 @@ func TestSTARTTLSAndImplicitTLS(t *testing.T) {
 		t.Fatal(err)
 	}
 	sendOver(t, c, sasl.NewPlainClient("", "app", "secret-pass"), "implicit@dest.test")
-	sink.wait(t, "implicit@dest.test")
+	if _, err := sink.Wait("implicit@dest.test", 15*time.Second); err != nil {
+		t.Fatal(err)
+	}
 
 	// The plain listener offers STARTTLS.
 	conn, err := netDial(d.Addr("submission.listen"))

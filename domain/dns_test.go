@@ -4,114 +4,41 @@ import (
 	"context"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/hermod-mta/hermod/internal/testnet"
 )
 
-// fakeDNS is an authoritative-looking DNS server on 127.0.0.1 serving a
-// mutable zone with TTL 0, so that the resolver caches nothing.
-type fakeDNS struct {
-	Addr string
-
-	mu       sync.Mutex
-	txt      map[string][][]string // name → records → character strings
-	cname    map[string]string
-	servfail map[string]bool
-}
-
-func newFakeDNS(t *testing.T) *fakeDNS {
+// newDNS starts the fake DNS server of the domain tests. Records are served
+// with TTL 0 and negative answers without SOA, so that the resolver caches
+// nothing.
+func newDNS(t *testing.T) *testnet.DNS {
 	t.Helper()
-	f := &fakeDNS{txt: map[string][][]string{}, cname: map[string]string{}, servfail: map[string]bool{}}
-	// UDP and TCP on the same port: long RSA records need TCP fallback.
-	var pc net.PacketConn
-	var ln net.Listener
-	for i := 0; ; i++ {
-		var err error
-		if pc, err = net.ListenPacket("udp", "127.0.0.1:0"); err != nil {
-			t.Fatal(err)
-		}
-		if ln, err = net.Listen("tcp", pc.LocalAddr().String()); err == nil {
-			break
-		}
-		pc.Close()
-		if i == 20 {
-			t.Fatal(err)
-		}
-	}
-	for _, srv := range []*dns.Server{{PacketConn: pc, Handler: f}, {Listener: ln, Handler: f}} {
-		started := make(chan struct{})
-		srv.NotifyStartedFunc = func() { close(started) }
-		go func() { _ = srv.ActivateAndServe() }()
-		<-started
-		t.Cleanup(func() { _ = srv.Shutdown() })
-	}
-	f.Addr = pc.LocalAddr().String()
-	return f
+	d := testnet.NewDNS(t)
+	d.SetNegativeTTL(0)
+	return d
 }
 
-func fqdn(name string) string { return dns.Fqdn(strings.ToLower(name)) }
-
-// SetTXT replaces the TXT records at name; each record is its strings.
-func (f *fakeDNS) SetTXT(name string, records ...[]string) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if len(records) == 0 {
-		delete(f.txt, fqdn(name))
-		return
+// setTXT replaces the TXT records at name; each record is its strings.
+func setTXT(d *testnet.DNS, name string, records ...[]string) {
+	rrs := make([]dns.RR, 0, len(records))
+	for _, rec := range records {
+		rrs = append(rrs, &dns.TXT{Hdr: dns.RR_Header{Name: dns.Fqdn(name), Rrtype: dns.TypeTXT, Class: dns.ClassINET}, Txt: rec})
 	}
-	f.txt[fqdn(name)] = records
+	d.Set(name, dns.TypeTXT, rrs...)
 }
 
-// SetCNAME sets (target "" removes) the CNAME at name; target is served
+// setCNAME sets (target "" removes) the CNAME at name; target is served
 // as given, so case and trailing dot can be tested.
-func (f *fakeDNS) SetCNAME(name, target string) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
+func setCNAME(d *testnet.DNS, name, target string) {
 	if target == "" {
-		delete(f.cname, fqdn(name))
+		d.Set(name, dns.TypeCNAME)
 		return
 	}
-	f.cname[fqdn(name)] = target
-}
-
-func (f *fakeDNS) SetServFail(name string, on bool) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.servfail[fqdn(name)] = on
-}
-
-func (f *fakeDNS) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
-	m := new(dns.Msg)
-	m.SetReply(r)
-	m.Authoritative = true
-	q := r.Question[0]
-	name := strings.ToLower(q.Name)
-	hdr := dns.RR_Header{Name: q.Name, Class: dns.ClassINET, Ttl: 0}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	_, hasTXT := f.txt[name]
-	target, hasCNAME := f.cname[name]
-	switch {
-	case f.servfail[name]:
-		m.Rcode = dns.RcodeServerFailure
-	case hasCNAME && (q.Qtype == dns.TypeCNAME || q.Qtype == dns.TypeTXT):
-		hdr.Rrtype = dns.TypeCNAME
-		// Served as given, upper case and all.
-		m.Answer = append(m.Answer, &dns.CNAME{Hdr: hdr, Target: dns.Fqdn(target)})
-	case hasTXT && q.Qtype == dns.TypeTXT:
-		hdr.Rrtype = dns.TypeTXT
-		for _, rec := range f.txt[name] {
-			m.Answer = append(m.Answer, &dns.TXT{Hdr: hdr, Txt: rec})
-		}
-	case hasTXT:
-		// The name exists without this type: NOERROR, no data.
-	default:
-		m.Rcode = dns.RcodeNameError
-	}
-	_ = w.WriteMsg(m)
+	d.Set(name, dns.TypeCNAME, &dns.CNAME{Hdr: dns.RR_Header{Name: dns.Fqdn(name), Rrtype: dns.TypeCNAME, Class: dns.ClassINET}, Target: dns.Fqdn(target)})
 }
 
 // stubResolver is a plain miekg/dns client of the fake server, without

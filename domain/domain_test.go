@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/hermod-mta/hermod/dkim"
+	"github.com/hermod-mta/hermod/internal/testnet"
 	"github.com/hermod-mta/hermod/relay"
 	"go.etcd.io/bbolt"
 )
@@ -72,7 +73,7 @@ func (r *recorder) Events() []string {
 type env struct {
 	t     *testing.T
 	s     *Store
-	dns   *fakeDNS
+	dns   *testnet.DNS
 	clock *clock
 	notes *recorder
 	db    *bbolt.DB
@@ -87,12 +88,12 @@ func newRelayEnv(t *testing.T, alg string) *env { t.Helper(); return makeEnv(t, 
 
 func makeEnv(t *testing.T, alg string, useRelay bool) *env {
 	t.Helper()
-	e := &env{t: t, dns: newFakeDNS(t), notes: &recorder{},
+	e := &env{t: t, dns: newDNS(t), notes: &recorder{},
 		clock: &clock{t: time.Date(2026, 3, 1, 9, 0, 0, 0, time.UTC)},
 		path:  filepath.Join(t.TempDir(), "hermod.db")}
-	var res Resolver = stubResolver{e.dns.Addr}
+	var res Resolver = stubResolver{e.dns.Addr()}
 	if useRelay {
-		r, err := relay.NewResolver([]string{e.dns.Addr}, e.clock.Now)
+		r, err := relay.NewResolver([]string{e.dns.Addr()}, e.clock.Now)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -171,8 +172,8 @@ func (e *env) due(acct, name string) Domain {
 func (e *env) publish(d Domain) {
 	txt := d.PublicTXT
 	cut := len(txt) - 20
-	e.dns.SetTXT(d.Selector+"._domainkey."+d.Name, splitTXT(txt[:cut]+" \t"+txt[cut:cut+10]+" "+txt[cut+10:]))
-	e.dns.SetCNAME(d.ReturnPath, strings.ToUpper(bounceHost)+".")
+	setTXT(e.dns, d.Selector+"._domainkey."+d.Name, splitTXT(txt[:cut]+" \t"+txt[cut:cut+10]+" "+txt[cut+10:]))
+	setCNAME(e.dns, d.ReturnPath, strings.ToUpper(bounceHost)+".")
 }
 
 // splitTXT cuts a record into character strings of at most 200 octets.
@@ -341,7 +342,7 @@ func TestStatusWalk(t *testing.T) { testStatusWalk(t, newEnv(t, "rsa")) }
 // the daemon uses, against the same fake server (TTL 0: nothing cached).
 func TestStatusWalkRelay(t *testing.T) {
 	e := newRelayEnv(t, "rsa")
-	e.dns.SetTXT("hm1._domainkey.probe.invalid", []string{"v=DKIM1; p=x"})
+	setTXT(e.dns, "hm1._domainkey.probe.invalid", []string{"v=DKIM1; p=x"})
 	if _, err := e.opts.Resolver.LookupTXT(context.Background(), "hm1._domainkey.probe.invalid"); err != nil {
 		t.Fatalf("relay.Resolver cannot look up a DKIM name (underscore label): %v", err)
 	}
@@ -369,7 +370,7 @@ func testStatusWalk(t *testing.T, e *env) {
 	wantEvents(t, e.notes)
 
 	// CNAME only: verifying, "verification started" to the owner.
-	e.dns.SetCNAME(d.ReturnPath, bounceHost)
+	setCNAME(e.dns, d.ReturnPath, bounceHost)
 	got = e.due("acme", d.Name)
 	if got.Status != StatusVerifying || !got.CNAME.OK || got.DKIM.OK || !strings.Contains(got.Reason, "TXT") {
 		t.Fatalf("CNAME only: %s %q %+v", got.Status, got.Reason, got.CNAME)
@@ -405,7 +406,7 @@ func testStatusWalk(t *testing.T, e *env) {
 	}
 
 	// Daily re-check after the TXT vanished: failed at once, owner told.
-	e.dns.SetTXT(d.Selector + "._domainkey." + d.Name)
+	setTXT(e.dns, d.Selector+"._domainkey."+d.Name)
 	got = e.due("acme", d.Name)
 	if got.Status != StatusFailed || !strings.Contains(got.Reason, "TXT") || !strings.Contains(got.Reason, "missing") {
 		t.Fatalf("vanished: %s %q", got.Status, got.Reason)
@@ -461,7 +462,7 @@ func TestWrongValues(t *testing.T) {
 		{`"v=DKIM1; k=rsa; p=` + p[:50] + `" "` + p[50:] + `"`, true, ""}, // quotes pasted into a web form
 		{"v=DKIM1;k=rsa;t=s;h=sha256;p=" + p + ";", true, ""},
 	} {
-		e.dns.SetTXT(name, splitTXT(tc.txt))
+		setTXT(e.dns, name, splitTXT(tc.txt))
 		got, err := e.s.Check(context.Background(), "acme", d.Name)
 		if err != nil {
 			t.Fatal(err)
@@ -474,12 +475,12 @@ func TestWrongValues(t *testing.T) {
 		}
 	}
 	// One good record among others is enough.
-	e.dns.SetTXT(name, splitTXT(foreign), splitTXT(d.PublicTXT))
+	setTXT(e.dns, name, splitTXT(foreign), splitTXT(d.PublicTXT))
 	if got, _ := e.s.Check(context.Background(), "acme", d.Name); !got.DKIM.OK {
 		t.Errorf("good record among others: %+v", got.DKIM)
 	}
 	// A CNAME elsewhere.
-	e.dns.SetCNAME(d.ReturnPath, "bounces.elsewhere.invalid")
+	setCNAME(e.dns, d.ReturnPath, "bounces.elsewhere.invalid")
 	got, _ := e.s.Check(context.Background(), "acme", d.Name)
 	if got.CNAME.OK || got.CNAME.Problem != "wrong value: points to bounces.elsewhere.invalid, expected "+bounceHost ||
 		len(got.CNAME.Found) != 1 || got.CNAME.Found[0] != "bounces.elsewhere.invalid" {
@@ -498,7 +499,7 @@ func TestScheduleAndTimeout(t *testing.T) {
 	e := newEnv(t, "ed25519")
 	e.account("acme", true)
 	d := e.add("acme", "slow.invalid")
-	e.dns.SetCNAME(d.ReturnPath, bounceHost) // verifying, never completed
+	setCNAME(e.dns, d.ReturnPath, bounceHost) // verifying, never completed
 	deadline := d.Created.Add(72 * time.Hour)
 	checks := 0
 	for {
@@ -554,7 +555,7 @@ func TestScheduleAndTimeout(t *testing.T) {
 	if got := e.get("acme", p.Name); got.Status != StatusFailed {
 		t.Fatalf("pending past deadline: %s", got.Status)
 	}
-	e.dns.SetCNAME(p.ReturnPath, bounceHost)
+	setCNAME(e.dns, p.ReturnPath, bounceHost)
 	got, err := e.s.Check(context.Background(), "acme", p.Name)
 	if err != nil || got.Status != StatusVerifying || !got.WindowStart.Equal(e.clock.Now()) || !got.NextCheck.Equal(e.clock.Now().Add(time.Minute)) {
 		t.Errorf("manual check of a failed domain with its CNAME: %s %v window %v next %v", got.Status, err, got.WindowStart, got.NextCheck)
@@ -568,7 +569,7 @@ func TestDNSErrorKeepsStatus(t *testing.T) {
 	e.publish(d)
 	e.due("acme", d.Name)
 	before := len(e.notes.Events())
-	e.dns.SetServFail(d.Selector+"._domainkey."+d.Name, true)
+	e.dns.ServFail(d.Selector+"._domainkey."+d.Name, true)
 	got := e.due("acme", d.Name)
 	if got.Status != StatusVerified || got.CheckError == "" || !e.s.IsVerified("acme", d.Name) {
 		t.Fatalf("SERVFAIL: %s %q verified=%v", got.Status, got.CheckError, e.s.IsVerified("acme", d.Name))
@@ -582,7 +583,7 @@ func TestDNSErrorKeepsStatus(t *testing.T) {
 	if len(e.notes.Events()) != before {
 		t.Errorf("notifications on SERVFAIL: %q", e.notes.Events())
 	}
-	e.dns.SetServFail(d.Selector+"._domainkey."+d.Name, false)
+	e.dns.ServFail(d.Selector+"._domainkey."+d.Name, false)
 	if got := e.due("acme", d.Name); got.CheckError != "" || got.Status != StatusVerified {
 		t.Errorf("after recovery: %s %q", got.Status, got.CheckError)
 	}

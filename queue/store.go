@@ -80,7 +80,7 @@ func Open(path string, opts Options) (*Store, error) {
 	}
 	db, err := bolt.Open(path, 0o600, &bolt.Options{
 		Timeout:        2 * time.Second,
-		NoFreelistSync: true,
+		NoFreelistSync: false,
 		FreelistType:   bolt.FreelistMapType,
 		NoSync:         opts.NoSync,
 	})

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/hermod-mta/hermod/internal/testnet"
 )
 
 const testBody = "From: a@example.test\r\nTo: b@example.test\r\nSubject: hi\r\n\r\nline one\r\n.line with a leading dot\r\n"
@@ -94,7 +96,7 @@ func (d *testDialer) log() []string {
 }
 
 type testEnv struct {
-	dns    *dnsServer
+	dns    *testnet.DNS
 	sink   *sink
 	dialer *testDialer
 	relay  *Relay
@@ -105,14 +107,14 @@ type testEnv struct {
 // a sink configured by sinkCfg and a Relay configured by mod.
 func setup(t *testing.T, sinkCfg func(*sink), mod func(*Options)) *testEnv {
 	t.Helper()
-	e := &testEnv{dns: newDNSServer(t), sink: newSink(t, sinkCfg), dialer: newTestDialer(t), clock: newFakeClock()}
-	e.dns.add(t,
+	e := &testEnv{dns: testnet.NewDNS(t), sink: newSink(t, sinkCfg), dialer: newTestDialer(t), clock: newFakeClock()}
+	e.dns.Add(
 		"example.test. 300 IN MX 10 mx.example.test.",
 		"mx.example.test. 300 IN A 127.0.0.1",
 	)
 	opts := Options{
 		Hostname:   "relay.test",
-		Resolvers:  []string{e.dns.addr},
+		Resolvers:  []string{e.dns.Addr()},
 		DNSTimeout: 2 * time.Second,
 		Port:       e.sink.port,
 		Dialer:     e.dialer.Dial,
@@ -234,27 +236,27 @@ func TestDropMidData(t *testing.T) {
 func TestDNSFailures(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
-		prepare func(t *testing.T, d *dnsServer)
+		prepare func(d *testnet.DNS)
 		rcpt    string
 		outcome Outcome
 		dns     string
 	}{
-		{"nxdomain", func(*testing.T, *dnsServer) {}, "a@nowhere.test", Permanent, KindNXDomain},
-		{"null MX", func(t *testing.T, d *dnsServer) { d.add(t, "nomail.test. 300 IN MX 0 .") }, "a@nomail.test", Permanent, KindNullMX},
-		{"servfail", func(t *testing.T, d *dnsServer) { d.set(d.servfail, "broken.test") }, "a@broken.test", Temporary, KindServFail},
-		{"timeout", func(t *testing.T, d *dnsServer) { d.set(d.drop, "slow.test") }, "a@slow.test", Temporary, KindTimeout},
-		{"MX host without address", func(t *testing.T, d *dnsServer) {
-			d.add(t, "noaddr.test. 300 IN MX 10 mx.noaddr.test.", "noaddr.test. 300 IN TXT \"v=spf1 -all\"")
+		{"nxdomain", func(*testnet.DNS) {}, "a@nowhere.test", Permanent, KindNXDomain},
+		{"null MX", func(d *testnet.DNS) { d.Add("nomail.test. 300 IN MX 0 .") }, "a@nomail.test", Permanent, KindNullMX},
+		{"servfail", func(d *testnet.DNS) { d.ServFail("broken.test", true) }, "a@broken.test", Temporary, KindServFail},
+		{"timeout", func(d *testnet.DNS) { d.Timeout("slow.test", true) }, "a@slow.test", Temporary, KindTimeout},
+		{"MX host without address", func(d *testnet.DNS) {
+			d.Add("noaddr.test. 300 IN MX 10 mx.noaddr.test.", "noaddr.test. 300 IN TXT \"v=spf1 -all\"")
 		}, "a@noaddr.test", Permanent, KindNoAddress},
-		{"MX host lookup servfail", func(t *testing.T, d *dnsServer) {
-			d.add(t, "flaky.test. 300 IN MX 10 mx.flaky.test.")
-			d.set(d.servfail, "mx.flaky.test")
+		{"MX host lookup servfail", func(d *testnet.DNS) {
+			d.Add("flaky.test. 300 IN MX 10 mx.flaky.test.")
+			d.ServFail("mx.flaky.test", true)
 		}, "a@flaky.test", Temporary, KindServFail},
-		{"no MX and no address", func(t *testing.T, d *dnsServer) { d.add(t, "txtonly.test. 300 IN TXT \"hello\"") }, "a@txtonly.test", Permanent, KindNoAddress},
+		{"no MX and no address", func(d *testnet.DNS) { d.Add("txtonly.test. 300 IN TXT \"hello\"") }, "a@txtonly.test", Permanent, KindNoAddress},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := setup(t, nil, func(o *Options) { o.DNSTimeout = 100 * time.Millisecond })
-			tc.prepare(t, e.dns)
+			tc.prepare(e.dns)
 			got := e.deliver(t, tc.rcpt)
 			if got.Outcome != tc.outcome || got.DNS != tc.dns || got.Stage != StageDNS || got.Code != 0 || got.Text == "" {
 				t.Errorf("Deliver(%s) = %+v, want %v with DNS %q at stage dns", tc.rcpt, got, tc.outcome, tc.dns)
@@ -268,18 +270,18 @@ func TestDNSFailures(t *testing.T) {
 
 func TestTruncatedAnswerUsesTCP(t *testing.T) {
 	e := setup(t, nil, nil)
-	e.dns.set(e.dns.truncate, "example.test")
+	e.dns.Truncate("example.test", true)
 	if got := e.deliver(t, "taro@example.test"); got.Outcome != Sent {
 		t.Fatalf("Deliver = %v, want sent", got)
 	}
-	if e.dns.tcpCount() == 0 {
+	if e.dns.TCPQueries() == 0 {
 		t.Error("no query over TCP after a truncated UDP answer")
 	}
 }
 
 func TestImplicitMX(t *testing.T) {
 	e := setup(t, nil, nil)
-	e.dns.add(t, "implicit.test. 300 IN A 127.0.0.1")
+	e.dns.Add("implicit.test. 300 IN A 127.0.0.1")
 	got := e.deliver(t, "a@implicit.test")
 	if got.Outcome != Sent || got.Host != "implicit.test" {
 		t.Fatalf("Deliver = %+v, want sent via implicit.test", got)
@@ -288,7 +290,7 @@ func TestImplicitMX(t *testing.T) {
 
 func TestMXPreferenceAndFailover(t *testing.T) {
 	e := setup(t, nil, nil)
-	e.dns.add(t,
+	e.dns.Add(
 		"pref.test. 300 IN MX 20 backup.pref.test.",
 		"pref.test. 300 IN MX 10 primary.pref.test.",
 		"primary.pref.test. 300 IN A 192.0.2.1", // refuses connections
@@ -307,7 +309,7 @@ func TestMXPreferenceAndFailover(t *testing.T) {
 
 func TestAllMXDown(t *testing.T) {
 	e := setup(t, nil, nil)
-	e.dns.add(t,
+	e.dns.Add(
 		"down.test. 300 IN MX 10 mx1.down.test.",
 		"down.test. 300 IN MX 20 mx2.down.test.",
 		"mx1.down.test. 300 IN A 192.0.2.1",
@@ -327,7 +329,7 @@ func TestGreetingRefusalTriesNextHost(t *testing.T) {
 		e := setup(t, nil, nil)
 		busy := newSink(t, func(s *sink) { s.greeting = greeting })
 		e.dialer.redirect("192.0.2.50", busy.addr)
-		e.dns.add(t,
+		e.dns.Add(
 			"busy.test. 300 IN MX 10 mx1.busy.test.",
 			"busy.test. 300 IN MX 20 mx2.busy.test.",
 			"mx1.busy.test. 300 IN A 192.0.2.50",
@@ -346,7 +348,7 @@ func TestGreetingRefusalTriesNextHost(t *testing.T) {
 func TestRoutes(t *testing.T) {
 	e := setup(t, nil, nil)
 	port := fmt.Sprint(e.sink.port)
-	e.dns.add(t, "smart.test. 300 IN A 127.0.0.1")
+	e.dns.Add("smart.test. 300 IN A 127.0.0.1")
 	e.relay.SetRoutes([]Route{
 		{Domain: "*.corp.test", Host: "192.0.2.9:" + port}, // refuses
 		{Domain: "a.corp.test", Host: "smart.test:" + port},
@@ -593,7 +595,7 @@ func TestSTARTTLSHandshakeFailureFallsBack(t *testing.T) {
 
 func TestInternationalRecipient(t *testing.T) {
 	e := setup(t, nil, nil)
-	e.dns.add(t,
+	e.dns.Add(
 		"xn--bcher-kva.test. 300 IN MX 10 mx.example.test.",
 	)
 	got := e.deliver(t, "taro@Bücher.test")

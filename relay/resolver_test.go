@@ -10,11 +10,13 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/hermod-mta/hermod/internal/testnet"
 )
 
-func newTestResolver(t testing.TB, d *dnsServer, clock *fakeClock) *Resolver {
+func newTestResolver(t testing.TB, d *testnet.DNS, clock *fakeClock) *Resolver {
 	t.Helper()
-	r, err := NewResolver([]string{d.addr}, clock.Now)
+	r, err := NewResolver([]string{d.Addr()}, clock.Now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -23,8 +25,8 @@ func newTestResolver(t testing.TB, d *dnsServer, clock *fakeClock) *Resolver {
 }
 
 func TestResolverMXSortedAndCached(t *testing.T) {
-	d := newDNSServer(t)
-	d.add(t,
+	d := testnet.NewDNS(t)
+	d.Add(
 		"example.test. 300 IN MX 30 c.example.test.",
 		"example.test. 300 IN MX 10 A.Example.Test.",
 		"example.test. 300 IN MX 20 b.example.test.",
@@ -41,29 +43,29 @@ func TestResolverMXSortedAndCached(t *testing.T) {
 			t.Fatalf("lookup %d: LookupMX = %v, want %v", i, got, want)
 		}
 	}
-	if n := d.count("example.test", dns.TypeMX); n != 1 {
+	if n := d.Queries("example.test", dns.TypeMX); n != 1 {
 		t.Errorf("%d MX queries for 3 lookups within the TTL, want 1", n)
 	}
 	clock.Advance(299 * time.Second)
 	if _, err := r.LookupMX(t.Context(), "EXAMPLE.test."); err != nil {
 		t.Fatal(err)
 	}
-	if n := d.count("example.test", dns.TypeMX); n != 1 {
+	if n := d.Queries("example.test", dns.TypeMX); n != 1 {
 		t.Errorf("%d MX queries before the TTL passed, want 1", n)
 	}
 	clock.Advance(2 * time.Second)
 	if _, err := r.LookupMX(t.Context(), "example.test"); err != nil {
 		t.Fatal(err)
 	}
-	if n := d.count("example.test", dns.TypeMX); n != 2 {
+	if n := d.Queries("example.test", dns.TypeMX); n != 2 {
 		t.Errorf("%d MX queries after the TTL passed, want 2", n)
 	}
 }
 
 func TestResolverNegativeCache(t *testing.T) {
-	d := newDNSServer(t)
-	d.soaMin = 30
-	d.add(t, "exists.test. 300 IN A 192.0.2.1")
+	d := testnet.NewDNS(t)
+	d.SetNegativeTTL(30)
+	d.Add("exists.test. 300 IN A 192.0.2.1")
 	clock := newFakeClock()
 	r := newTestResolver(t, d, clock)
 	for _, tc := range []struct {
@@ -77,20 +79,20 @@ func TestResolverNegativeCache(t *testing.T) {
 				t.Fatalf("LookupMX(%s) error = %v, want a not-found *DNSError of kind %s", tc.name, err, tc.kind)
 			}
 		}
-		if n := d.count(tc.name, dns.TypeMX); n != 1 {
+		if n := d.Queries(tc.name, dns.TypeMX); n != 1 {
 			t.Errorf("%s: %d queries, want 1 (negative answer cached)", tc.name, n)
 		}
 	}
 	clock.Advance(31 * time.Second) // the SOA minimum
 	_, _ = r.LookupMX(t.Context(), "missing.test")
-	if n := d.count("missing.test", dns.TypeMX); n != 2 {
+	if n := d.Queries("missing.test", dns.TypeMX); n != 2 {
 		t.Errorf("%d queries after the SOA minimum passed, want 2", n)
 	}
 }
 
 func TestResolverFailuresNotCached(t *testing.T) {
-	d := newDNSServer(t)
-	d.set(d.servfail, "broken.test")
+	d := testnet.NewDNS(t)
+	d.ServFail("broken.test", true)
 	r := newTestResolver(t, d, newFakeClock())
 	for range 2 {
 		_, err := r.LookupTXT(t.Context(), "broken.test")
@@ -100,14 +102,14 @@ func TestResolverFailuresNotCached(t *testing.T) {
 		}
 	}
 	// Two attempts per lookup, each asked again the second time.
-	if n := d.count("broken.test", dns.TypeTXT); n != 4 {
+	if n := d.Queries("broken.test", dns.TypeTXT); n != 4 {
 		t.Errorf("%d queries, want 4 (SERVFAIL is retried and not cached)", n)
 	}
 }
 
 func TestResolverTimeout(t *testing.T) {
-	d := newDNSServer(t)
-	d.set(d.drop, "slow.test")
+	d := testnet.NewDNS(t)
+	d.Timeout("slow.test", true)
 	r := newTestResolver(t, d, newFakeClock())
 	_, err := r.LookupHost(t.Context(), "slow.test")
 	var de *DNSError
@@ -122,9 +124,9 @@ func TestResolverTimeout(t *testing.T) {
 }
 
 func TestResolverTruncationFallsBackToTCP(t *testing.T) {
-	d := newDNSServer(t)
-	d.add(t, "big.test. 300 IN TXT \"v=DKIM1; k=rsa; \" \"p=MIIB\"")
-	d.set(d.truncate, "big.test")
+	d := testnet.NewDNS(t)
+	d.Add("big.test. 300 IN TXT \"v=DKIM1; k=rsa; \" \"p=MIIB\"")
+	d.Truncate("big.test", true)
 	r := newTestResolver(t, d, newFakeClock())
 	got, err := r.LookupTXT(t.Context(), "big.test")
 	if err != nil {
@@ -133,14 +135,14 @@ func TestResolverTruncationFallsBackToTCP(t *testing.T) {
 	if want := []string{"v=DKIM1; k=rsa; p=MIIB"}; !reflect.DeepEqual(got, want) {
 		t.Errorf("LookupTXT = %q, want %q (strings joined)", got, want)
 	}
-	if d.tcpCount() != 1 {
-		t.Errorf("%d TCP queries, want 1", d.tcpCount())
+	if d.TCPQueries() != 1 {
+		t.Errorf("%d TCP queries, want 1", d.TCPQueries())
 	}
 }
 
 func TestResolverHostCNAMEAndNullMX(t *testing.T) {
-	d := newDNSServer(t)
-	d.add(t,
+	d := testnet.NewDNS(t)
+	d.Add(
 		"dual.test. 300 IN A 192.0.2.1",
 		"dual.test. 300 IN AAAA 2001:db8::1",
 		"v6.test. 300 IN AAAA 2001:db8::2",
@@ -181,8 +183,8 @@ func TestResolverHostCNAMEAndNullMX(t *testing.T) {
 }
 
 func TestResolverSharesConcurrentQueries(t *testing.T) {
-	d := newDNSServer(t)
-	d.add(t, "example.test. 300 IN MX 10 mx.example.test.")
+	d := testnet.NewDNS(t)
+	d.Add("example.test. 300 IN MX 10 mx.example.test.")
 	r := newTestResolver(t, d, newFakeClock())
 	var wg sync.WaitGroup
 	for range 50 {
@@ -193,7 +195,7 @@ func TestResolverSharesConcurrentQueries(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	if n := d.count("example.test", dns.TypeMX); n != 1 {
+	if n := d.Queries("example.test", dns.TypeMX); n != 1 {
 		t.Errorf("%d queries for 50 concurrent lookups, want 1", n)
 	}
 }
@@ -213,8 +215,8 @@ func TestNewResolverRejectsBadServer(t *testing.T) {
 // BenchmarkMXCache measures the cached LookupMX path (what every delivery
 // to a busy domain takes).
 func BenchmarkMXCache(b *testing.B) {
-	d := newDNSServer(b)
-	d.add(b,
+	d := testnet.NewDNS(b)
+	d.Add(
 		"example.test. 300 IN MX 10 mx1.example.test.",
 		"example.test. 300 IN MX 10 mx2.example.test.",
 		"example.test. 300 IN MX 20 mx3.example.test.",
@@ -233,7 +235,7 @@ func BenchmarkMXCache(b *testing.B) {
 			}
 		}
 	})
-	if n := d.count("example.test", dns.TypeMX); n != 1 {
+	if n := d.Queries("example.test", dns.TypeMX); n != 1 {
 		b.Errorf("%d queries, want 1", n)
 	}
 }

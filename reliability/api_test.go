@@ -9,14 +9,15 @@ import (
 	"time"
 
 	"github.com/hermod-mta/hermod/daemon"
+	"github.com/hermod-mta/hermod/internal/testnet"
 )
 
 // TestAPIRefusals sends requests the API must refuse with a 4xx and a JSON
 // error body {"error", "code"}, and checks none of them changed anything.
 func TestAPIRefusals(t *testing.T) {
 	t.Parallel()
-	sink := newSink(t)
-	cfg := testConfig(t, cfgOpts{sink: sink.addr})
+	sink := testnet.NewSink(t)
+	cfg := testConfig(t, cfgOpts{sink: sink.Addr()})
 	d := startDaemon(t, cfg, daemonOpts())
 	tok, err := daemon.ReadToken(cfg.DataPath(cfg.API.TokenFile))
 	if err != nil {

@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/hermod-mta/hermod/internal/testnet"
 )
 
 // TestAuthBruteForce tries 12 wrong passwords from one address: the answers
@@ -12,8 +14,8 @@ import (
 // password. Delays are printed, not asserted.
 func TestAuthBruteForce(t *testing.T) {
 	t.Parallel()
-	sink := newSink(t)
-	d := startDaemon(t, testConfig(t, cfgOpts{sink: sink.addr}), daemonOpts())
+	sink := testnet.NewSink(t)
+	d := startDaemon(t, testConfig(t, cfgOpts{sink: sink.Addr()}), daemonOpts())
 	addr := d.Addr("submission.listen")
 	var cl *client
 	var codes []string

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hermod-mta/hermod/internal/testnet"
 	"github.com/hermod-mta/hermod/queue"
 )
 
@@ -36,8 +37,8 @@ func arfFor(rcpt string) string {
 // another recipient, a complaint about another recipient.
 func TestForgedBounces(t *testing.T) {
 	t.Parallel()
-	sink := newSink(t)
-	d := startDaemon(t, testConfig(t, cfgOpts{sink: sink.addr}), daemonOpts())
+	sink := testnet.NewSink(t)
+	d := startDaemon(t, testConfig(t, cfgOpts{sink: sink.Addr()}), daemonOpts())
 	sub, bnc := d.Addr("submission.listen"), d.Addr("bounce.listen")
 	id := submit(t, sub, "taro@dest.test", "jiro@dest.test")
 	gone := submit(t, sub, "gone@dest.test")

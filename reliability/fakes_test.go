@@ -9,8 +9,6 @@ import (
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/miekg/dns"
 )
 
 // fakeMX is a scripted remote MX on 127.0.0.1 speaking raw SMTP, so that it
@@ -172,121 +170,6 @@ func (f *fakeMX) serve(c net.Conn, done chan struct{}) {
 			io.WriteString(c, "500 5.5.2 what?\r\n")
 		}
 	}
-}
-
-// dnsServer is a small authoritative server on 127.0.0.1 (UDP and TCP on
-// one port) answering from a record map, with names that fail on purpose.
-type dnsServer struct {
-	addr string
-
-	mu       sync.Mutex
-	records  map[string][]dns.RR // "name./TYPE"
-	names    map[string]bool
-	servfail map[string]bool
-	drop     map[string]bool
-	truncate map[string]bool
-	tcp      int
-}
-
-func newDNSServer(t testing.TB) *dnsServer {
-	t.Helper()
-	s := &dnsServer{records: map[string][]dns.RR{}, names: map[string]bool{}, servfail: map[string]bool{},
-		drop: map[string]bool{}, truncate: map[string]bool{}}
-	var (
-		pc net.PacketConn
-		l  net.Listener
-	)
-	for i := 0; i < 20 && l == nil; i++ {
-		var err error
-		pc, err = net.ListenPacket("udp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		l, err = net.Listen("tcp", pc.LocalAddr().String())
-		if err != nil {
-			pc.Close()
-			l = nil
-		}
-	}
-	if l == nil {
-		t.Fatal("no UDP+TCP port pair free")
-	}
-	s.addr = pc.LocalAddr().String()
-	for _, srv := range []*dns.Server{{PacketConn: pc, Handler: s}, {Listener: l, Handler: s}} {
-		started := make(chan struct{})
-		srv.NotifyStartedFunc = func() { close(started) }
-		go srv.ActivateAndServe()
-		<-started
-		t.Cleanup(func() { srv.Shutdown() })
-	}
-	return s
-}
-
-func (s *dnsServer) add(t testing.TB, rrs ...string) {
-	t.Helper()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, txt := range rrs {
-		rr, err := dns.NewRR(txt)
-		if err != nil {
-			t.Fatalf("bad RR %q: %v", txt, err)
-		}
-		name := strings.ToLower(rr.Header().Name)
-		key := name + "/" + dns.TypeToString[rr.Header().Rrtype]
-		s.records[key] = append(s.records[key], rr)
-		s.names[name] = true
-	}
-}
-
-func (s *dnsServer) set(m map[string]bool, name string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	m[dns.Fqdn(strings.ToLower(name))] = true
-	s.names[dns.Fqdn(strings.ToLower(name))] = true
-}
-
-func (s *dnsServer) tcpCount() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.tcp
-}
-
-func (s *dnsServer) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
-	if len(req.Question) != 1 {
-		return
-	}
-	q := req.Question[0]
-	name := strings.ToLower(q.Name)
-	isTCP := w.LocalAddr().Network() == "tcp"
-	s.mu.Lock()
-	if isTCP {
-		s.tcp++
-	}
-	drop, servfail, trunc := s.drop[name], s.servfail[name], s.truncate[name]
-	answer := append([]dns.RR(nil), s.records[name+"/"+dns.TypeToString[q.Qtype]]...)
-	exists := s.names[name]
-	s.mu.Unlock()
-	if drop {
-		return
-	}
-	m := new(dns.Msg)
-	m.SetReply(req)
-	m.Authoritative = true
-	switch {
-	case servfail:
-		m.Rcode = dns.RcodeServerFailure
-	case trunc && !isTCP:
-		m.Truncated = true
-	case len(answer) > 0:
-		m.Answer = answer
-	default:
-		if !exists {
-			m.Rcode = dns.RcodeNameError
-		}
-		soa, _ := dns.NewRR("test. 3600 IN SOA ns.test. hostmaster.test. 1 3600 600 86400 60")
-		m.Ns = []dns.RR{soa}
-	}
-	w.WriteMsg(m)
 }
 
 func portOf(t testing.TB, addr string) int {

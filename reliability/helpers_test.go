@@ -16,7 +16,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/emersion/go-smtp"
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/hermod-mta/hermod/config"
@@ -285,101 +284,5 @@ func waitRcpt(t testing.TB, d *daemon.Daemon, id string, idx int, want queue.Sta
 		}
 	}
 }
-
-// sinkMX is a go-smtp server standing in for remote MX hosts: it records
-// what arrived and can answer a recipient with scripted errors first.
-type sinkMX struct {
-	addr string
-	srv  *smtp.Server
-
-	mu     sync.Mutex
-	byRcpt map[string]int // lower-cased recipient -> deliveries
-	byID   map[string]int // "queue id/rcpt" (from the VERP sender) -> deliveries
-	script map[string][]*smtp.SMTPError
-	// rcptHook, when set, may answer RCPT (nil error accepts).
-	rcptHook func(to string) *smtp.SMTPError
-	// dataDelay returns how long Data sleeps before answering.
-	dataDelay func() time.Duration
-	// dataHook, when set, runs after the data is read; an error refuses it.
-	dataHook func() *smtp.SMTPError
-}
-
-func newSink(t testing.TB) *sinkMX {
-	t.Helper()
-	s := &sinkMX{byRcpt: map[string]int{}, byID: map[string]int{}, script: map[string][]*smtp.SMTPError{}}
-	s.srv = smtp.NewServer(smtp.BackendFunc(func(*smtp.Conn) (smtp.Session, error) { return &sinkSession{s: s}, nil }))
-	s.srv.Domain = "sink.test"
-	s.srv.ErrorLog = quietLog{}
-	s.srv.ReadTimeout = 30 * time.Second
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.addr = l.Addr().String()
-	go s.srv.Serve(l)
-	t.Cleanup(func() { s.srv.Close() })
-	return s
-}
-
-func (s *sinkMX) count(rcpt string) int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.byRcpt[strings.ToLower(rcpt)]
-}
-
-type sinkSession struct {
-	s        *sinkMX
-	from     string
-	rcpts    []string
-	accepted []string
-}
-
-func (ss *sinkSession) Mail(from string, _ *smtp.MailOptions) error { ss.from = from; return nil }
-func (ss *sinkSession) Rcpt(to string, _ *smtp.RcptOptions) error {
-	ss.s.mu.Lock()
-	l := ss.s.script[to]
-	if len(l) > 0 {
-		ss.s.script[to] = l[1:]
-	}
-	hook := ss.s.rcptHook
-	ss.s.mu.Unlock()
-	if len(l) > 0 && l[0] != nil {
-		return l[0]
-	}
-	if hook != nil {
-		if err := hook(to); err != nil {
-			return err
-		}
-	}
-	ss.accepted = append(ss.accepted, to)
-	return nil
-}
-func (ss *sinkSession) Data(r io.Reader) error {
-	io.Copy(io.Discard, r)
-	if f := ss.s.dataDelay; f != nil {
-		time.Sleep(f())
-	}
-	if f := ss.s.dataHook; f != nil {
-		if err := f(); err != nil {
-			return err
-		}
-	}
-	ss.s.mu.Lock()
-	defer ss.s.mu.Unlock()
-	for _, to := range ss.accepted {
-		ss.s.byRcpt[strings.ToLower(to)]++
-		if id, ok := strings.CutPrefix(ss.from, "bounce-md_"); ok && len(id) >= 19 {
-			ss.s.byID[id[:16]+"/"+strings.ToLower(to)]++
-		}
-	}
-	return nil
-}
-func (ss *sinkSession) Reset()        { ss.from, ss.accepted = "", nil }
-func (ss *sinkSession) Logout() error { return nil }
-
-type quietLog struct{}
-
-func (quietLog) Printf(string, ...any) {}
-func (quietLog) Println(...any)        {}
 
 func daemonOpts() daemon.Options { return daemon.Options{} }

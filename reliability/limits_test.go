@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hermod-mta/hermod/internal/testnet"
 	"github.com/hermod-mta/hermod/queue"
 )
 
@@ -13,8 +14,8 @@ import (
 // timeout, the recipient cap, and junk commands.
 func TestLimits(t *testing.T) {
 	t.Parallel()
-	sink := newSink(t)
-	d := startDaemon(t, testConfig(t, cfgOpts{sink: sink.addr, perIP: 5, idleTimeout: "1s", maxRcpts: 100}), daemonOpts())
+	sink := testnet.NewSink(t)
+	d := startDaemon(t, testConfig(t, cfgOpts{sink: sink.Addr(), perIP: 5, idleTimeout: "1s", maxRcpts: 100}), daemonOpts())
 	addr := d.Addr("submission.listen")
 
 	// Connections beyond max_connections_per_ip get 421 at once.

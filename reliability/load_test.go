@@ -15,6 +15,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/hermod-mta/hermod/daemon"
+	"github.com/hermod-mta/hermod/internal/testnet"
 	"github.com/hermod-mta/hermod/queue"
 )
 
@@ -35,11 +36,10 @@ func TestLoad(t *testing.T) {
 	runtime.GC()
 	g0 := runtime.NumGoroutine()
 
-	sink := newSink(t)
 	var failMu sync.Mutex
 	failed := map[string]bool{}
 	deferredOnce := 0
-	sink.rcptHook = func(to string) *smtp.SMTPError {
+	greylist := func(to string) *smtp.SMTPError {
 		h := fnv.New32a()
 		h.Write([]byte(to))
 		if h.Sum32()%10 != 0 {
@@ -54,9 +54,13 @@ func TestLoad(t *testing.T) {
 		deferredOnce++
 		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 1}, Message: "greylisted, try again"}
 	}
-	sink.dataDelay = func() time.Duration { return time.Duration(20+rand.IntN(31)) * time.Millisecond }
+	slowData := func(testnet.Message) *smtp.SMTPError {
+		time.Sleep(time.Duration(20+rand.IntN(31)) * time.Millisecond)
+		return nil
+	}
+	sink := testnet.NewSink(t, testnet.DiscardData(), testnet.OnRcpt(greylist), testnet.OnData(slowData))
 
-	cfg := testConfig(t, cfgOpts{sink: sink.addr, retry: `"200ms"`, perIP: 1000, maxConns: 2000, perDestination: perDest, concurrency: conc})
+	cfg := testConfig(t, cfgOpts{sink: sink.Addr(), retry: `"200ms"`, perIP: 1000, maxConns: 2000, perDestination: perDest, concurrency: conc})
 	d, err := daemon.New(cfg, slog.New(slog.DiscardHandler), daemon.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -141,12 +145,6 @@ func TestLoad(t *testing.T) {
 
 	counts := map[queue.Status]int{}
 	rcpts, unaccounted, notAtSink, dups := 0, 0, 0, 0
-	sink.mu.Lock()
-	byID := make(map[string]int, len(sink.byID))
-	for k, v := range sink.byID {
-		byID[k] = v
-	}
-	sink.mu.Unlock()
 	for id, rs := range acked {
 		m, err := d.Store.Get(id)
 		if err != nil || len(m.Recipients) != len(rs) {
@@ -164,7 +162,7 @@ func TestLoad(t *testing.T) {
 			}
 			switch r.Status {
 			case queue.StatusSent:
-				n := byID[id+"/"+strings.ToLower(r.Address)]
+				n := sink.CountIDRcpt(id, r.Address)
 				if n == 0 {
 					notAtSink++
 					unaccounted++
@@ -200,7 +198,7 @@ func TestLoad(t *testing.T) {
 	runtime.ReadMemStats(&ms)
 	heap2 := ms.HeapInuse
 	stop()
-	sink.srv.Close()
+	sink.Close()
 	gEnd := 0
 	for dl := time.Now().Add(10 * time.Second); ; {
 		runtime.GC()

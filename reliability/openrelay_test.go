@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hermod-mta/hermod/internal/testnet"
 	"github.com/hermod-mta/hermod/queue"
 )
 
@@ -14,8 +15,8 @@ import (
 // addresses (and postmaster, RFC 5321 4.5.1).
 func TestOpenRelay(t *testing.T) {
 	t.Parallel()
-	sink := newSink(t)
-	d := startDaemon(t, testConfig(t, cfgOpts{sink: sink.addr}), daemonOpts())
+	sink := testnet.NewSink(t)
+	d := startDaemon(t, testConfig(t, cfgOpts{sink: sink.Addr()}), daemonOpts())
 	sub, bnc := d.Addr("submission.listen"), d.Addr("bounce.listen")
 	id := submit(t, sub, "real@dest.test")
 	waitRcpt(t, d, id, 0, queue.StatusSent, 15*time.Second)
@@ -96,13 +97,13 @@ func TestOpenRelay(t *testing.T) {
 	time.Sleep(300 * time.Millisecond)
 	for _, rc := range append(tricks, extraBounce...) {
 		ids, _ := d.Store.ByRecipient(strings.ToLower(rc))
-		n := sink.count(rc)
+		n := sink.Count(rc)
 		if len(ids) > 0 || n > 0 {
 			relayed++
 			t.Errorf("%s: queued %v, delivered %d times", rc, ids, n)
 		}
 	}
-	if n := sink.count("victim@dest.test"); n > 0 {
+	if n := sink.Count("victim@dest.test"); n > 0 {
 		relayed++
 		t.Errorf("victim@dest.test delivered %d times", n)
 	}

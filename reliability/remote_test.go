@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hermod-mta/hermod/internal/testnet"
 	"github.com/hermod-mta/hermod/queue"
 )
 
@@ -19,9 +20,9 @@ import (
 // fake MX (always on 127.0.0.1), refusing anything else.
 func TestRemoteFaults(t *testing.T) {
 	t.Parallel()
-	sink := newSink(t)
-	dnsSrv := newDNSServer(t)
-	relayPort := portOf(t, sink.addr)
+	sink := testnet.NewSink(t)
+	dnsSrv := testnet.NewDNS(t)
+	relayPort := portOf(t, sink.Addr())
 
 	type scenario struct {
 		name   string
@@ -65,8 +66,8 @@ func TestRemoteFaults(t *testing.T) {
 	dead := dl.Addr().String()
 	dl.Close()
 
-	routes := map[string]string{"127.0.0.1": sink.addr, "127.0.0.2": dead, "127.0.0.3": hang.addr}
-	dnsSrv.add(t, "healthy.test. 300 IN MX 10 mx.healthy.test.", "mx.healthy.test. 300 IN A 127.0.0.1",
+	routes := map[string]string{"127.0.0.1": sink.Addr(), "127.0.0.2": dead, "127.0.0.3": hang.addr}
+	dnsSrv.Add("healthy.test. 300 IN MX 10 mx.healthy.test.", "mx.healthy.test. 300 IN A 127.0.0.1",
 		"hang.test. 300 IN MX 10 mx.hang.test.", "mx.hang.test. 300 IN A 127.0.0.3")
 	for i, s := range sc {
 		dom := s.name + ".test."
@@ -75,19 +76,19 @@ func TestRemoteFaults(t *testing.T) {
 			newFakeMX(t, s.mx)
 			ip := fmt.Sprintf("127.0.0.%d", 10+i)
 			routes[ip] = s.mx.addr
-			dnsSrv.add(t, dom+" 300 IN MX 10 mx."+dom, "mx."+dom+" 300 IN A "+ip)
+			dnsSrv.Add(dom+" 300 IN MX 10 mx."+dom, "mx."+dom+" 300 IN A "+ip)
 		case s.name == "first-mx-dead":
-			dnsSrv.add(t, dom+" 300 IN MX 10 mx1."+dom, dom+" 300 IN MX 20 mx2."+dom,
+			dnsSrv.Add(dom+" 300 IN MX 10 mx1."+dom, dom+" 300 IN MX 20 mx2."+dom,
 				"mx1."+dom+" 300 IN A 127.0.0.2", "mx2."+dom+" 300 IN A 127.0.0.1")
 		case s.name == "dns-servfail":
-			dnsSrv.set(dnsSrv.servfail, dom)
+			dnsSrv.ServFail(dom, true)
 		case s.name == "dns-timeout":
-			dnsSrv.set(dnsSrv.drop, dom)
+			dnsSrv.Timeout(dom, true)
 		case s.name == "dns-truncated":
-			dnsSrv.add(t, dom+" 300 IN MX 10 mx."+dom, "mx."+dom+" 300 IN A 127.0.0.1")
-			dnsSrv.set(dnsSrv.truncate, dom)
+			dnsSrv.Add(dom+" 300 IN MX 10 mx."+dom, "mx."+dom+" 300 IN A 127.0.0.1")
+			dnsSrv.Truncate(dom, true)
 		case s.name == "dns-nullmx":
-			dnsSrv.add(t, dom+" 300 IN MX 0 .")
+			dnsSrv.Add(dom + " 300 IN MX 0 .")
 		}
 	}
 	var dialMu sync.Mutex
@@ -103,7 +104,7 @@ func TestRemoteFaults(t *testing.T) {
 		var d net.Dialer
 		return d.DialContext(ctx, "tcp", routes[host])
 	}
-	cfg := testConfig(t, cfgOpts{resolver: dnsSrv.addr, relayPort: relayPort, commandTimeout: "500ms", connectTimeout: "20s", retry: `"1h"`})
+	cfg := testConfig(t, cfgOpts{resolver: dnsSrv.Addr(), relayPort: relayPort, commandTimeout: "500ms", connectTimeout: "20s", retry: `"1h"`})
 	o := daemonOpts()
 	o.RelayDialer = dialer
 	d := startDaemon(t, cfg, o)
@@ -164,7 +165,7 @@ func TestRemoteFaults(t *testing.T) {
 	if c, _, _ := sc[14].mx.stats(); c < 2 {
 		t.Errorf("starttls-broken: %d connections, want a retry without STARTTLS", c)
 	}
-	if dnsSrv.tcpCount() == 0 {
+	if dnsSrv.TCPQueries() == 0 {
 		t.Error("dns-truncated: no query came over TCP")
 	}
 	dialMu.Lock()
@@ -173,8 +174,8 @@ func TestRemoteFaults(t *testing.T) {
 	}
 	dialMu.Unlock()
 	for _, s := range sc {
-		if s.want == queue.StatusSent && s.mx == nil && sink.count("user@"+s.name+".test") != 1 {
-			t.Errorf("%s: the sink got %d copies", s.name, sink.count("user@"+s.name+".test"))
+		if s.want == queue.StatusSent && s.mx == nil && sink.Count("user@"+s.name+".test") != 1 {
+			t.Errorf("%s: the sink got %d copies", s.name, sink.Count("user@"+s.name+".test"))
 		}
 	}
 	notBlocked := "a hanging destination did not block another"

@@ -15,6 +15,8 @@ import (
 
 	"github.com/emersion/go-smtp"
 	"golang.org/x/crypto/bcrypt"
+
+	"github.com/hermod-mta/hermod/internal/testnet"
 )
 
 // TestSignals runs the real binary: SIGHUP with a second user lets it log in
@@ -31,11 +33,10 @@ func TestSignals(t *testing.T) {
 	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/hermod").CombinedOutput(); err != nil {
 		t.Fatalf("build: %v\n%s", err, out)
 	}
-	sink := newSink(t)
 	var holdMu sync.Mutex
 	var hold chan struct{} // non-nil: Data waits for it to close, then refuses
 	holding := make(chan struct{}, 1)
-	sink.dataHook = func() *smtp.SMTPError {
+	holdData := func(testnet.Message) *smtp.SMTPError {
 		holdMu.Lock()
 		h := hold
 		holdMu.Unlock()
@@ -52,15 +53,8 @@ func TestSignals(t *testing.T) {
 		}
 		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "held, not taken"}
 	}
-	free := func() string {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer l.Close()
-		return l.Addr().String()
-	}
-	subAddr, bounceAddr, apiAddr := free(), free(), free()
+	sink := testnet.NewSink(t, testnet.OnData(holdData))
+	subAddr, bounceAddr, apiAddr := testnet.FreeAddr(t), testnet.FreeAddr(t), testnet.FreeAddr(t)
 	hash2, _ := bcrypt.GenerateFromPassword([]byte("second-pass"), bcrypt.MinCost)
 	conf := filepath.Join(dir, "hermod.toml")
 	writeConf := func(second bool) {
@@ -71,7 +65,7 @@ func TestSignals(t *testing.T) {
 		c := fmt.Sprintf("hostname = \"hermod.test\"\ndata_dir = %q\nshutdown_timeout = \"2s\"\n[submission]\nlisten = %q\nidle_timeout = \"60s\"\n%s"+
 			"[bounce]\nlisten = %q\ndomain = \"m.makeleaps.test\"\n[sender]\ndefault_from = \"bounce@makeleaps.test\"\ndkim_domain = \"makeleaps.test\"\ndkim_algorithm = \"ed25519\"\n"+
 			"[relay]\nresolvers = [\"127.0.0.1:1\"]\nretry = [\"1s\"]\n[[relay.route]]\ndomain = \"*\"\nhost = %q\n[api]\nlisten = %q\n[log]\nlevel = \"info\"\n",
-			filepath.Join(dir, "data"), subAddr, users, bounceAddr, sink.addr, apiAddr)
+			filepath.Join(dir, "data"), subAddr, users, bounceAddr, sink.Addr(), apiAddr)
 		if err := os.WriteFile(conf, []byte(c), 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -189,7 +183,7 @@ func TestSignals(t *testing.T) {
 		b, _ := os.ReadFile(logPath)
 		t.Logf("log:\n%s", b)
 	}
-	for dl := time.Now().Add(15 * time.Second); (sink.count("kept@dest.test") == 0 || sink.count("kept2@dest.test") == 0) && time.Now().Before(dl); {
+	for dl := time.Now().Add(15 * time.Second); (sink.Count("kept@dest.test") == 0 || sink.Count("kept2@dest.test") == 0) && time.Now().Before(dl); {
 		time.Sleep(50 * time.Millisecond)
 	}
 
@@ -221,12 +215,12 @@ func TestSignals(t *testing.T) {
 		t.Errorf("SIGTERM: exited %v with %d, want 0", exited, code)
 	}
 	cmd, done = start()
-	for dl := time.Now().Add(20 * time.Second); sink.count("left@dest.test") == 0 && time.Now().Before(dl); {
+	for dl := time.Now().Add(20 * time.Second); sink.Count("left@dest.test") == 0 && time.Now().Before(dl); {
 		time.Sleep(50 * time.Millisecond)
 	}
-	restartOK := sink.count("left@dest.test") == 1
+	restartOK := sink.Count("left@dest.test") == 1
 	if !restartOK {
-		t.Errorf("after restart, left@dest.test delivered %d times, want 1", sink.count("left@dest.test"))
+		t.Errorf("after restart, left@dest.test delivered %d times, want 1", sink.Count("left@dest.test"))
 	}
 	if code, exited := stopWith(cmd, done); !exited || code != 0 {
 		sigtermOK = false

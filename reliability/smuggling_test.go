@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hermod-mta/hermod/internal/testnet"
 	"github.com/hermod-mta/hermod/queue"
 )
 
@@ -55,8 +56,8 @@ func smuggle(cl *client, head, v string) (string, []string) {
 
 func TestSmuggling(t *testing.T) {
 	t.Parallel()
-	sink := newSink(t)
-	d := startDaemon(t, testConfig(t, cfgOpts{sink: sink.addr}), daemonOpts())
+	sink := testnet.NewSink(t)
+	d := startDaemon(t, testConfig(t, cfgOpts{sink: sink.Addr()}), daemonOpts())
 	sub, bnc := d.Addr("submission.listen"), d.Addr("bounce.listen")
 
 	// A real message gives a valid VERP recipient for the bounce listener.
@@ -108,9 +109,9 @@ func TestSmuggling(t *testing.T) {
 	}
 	ids, _ := d.Store.ByRecipient("victim@dest.test")
 	time.Sleep(300 * time.Millisecond) // let the runner pick up anything that slipped through
-	if len(ids) > 0 || sink.count("victim@dest.test") > 0 {
+	if len(ids) > 0 || sink.Count("victim@dest.test") > 0 {
 		accepted++
-		t.Errorf("the smuggled message was queued (%v) or delivered (%d times)", ids, sink.count("victim@dest.test"))
+		t.Errorf("the smuggled message was queued (%v) or delivered (%d times)", ids, sink.Count("victim@dest.test"))
 	}
 	if m, _ := d.Store.Get(id); m.Recipients[0].Status != queue.StatusSent {
 		t.Errorf("smuggled bounces changed the real message: %s", m.Recipients[0].Status)

@@ -24,54 +24,16 @@ import (
 	"github.com/hermod-mta/hermod/config"
 	"github.com/hermod-mta/hermod/daemon"
 	"github.com/hermod-mta/hermod/dkim"
+	"github.com/hermod-mta/hermod/internal/testnet"
 	"github.com/hermod-mta/hermod/queue"
 )
-
-// cliMX is the remote MX: a go-smtp server on loopback that answers RCPT
-// with the scripted error for an address, and accepts everything else.
-type cliMX struct {
-	mu     sync.Mutex
-	refuse map[string]*smtp.SMTPError
-	addr   string
-}
-
-func newCLIMX(t *testing.T) *cliMX {
-	t.Helper()
-	mx := &cliMX{refuse: map[string]*smtp.SMTPError{}}
-	srv := smtp.NewServer(smtp.BackendFunc(func(*smtp.Conn) (smtp.Session, error) { return &cliMXSession{mx: mx}, nil }))
-	srv.Domain = "sink.test"
-	srv.ErrorLog = quietLog{}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	mx.addr = l.Addr().String()
-	go srv.Serve(l)
-	t.Cleanup(func() { srv.Close() })
-	return mx
-}
-
-type cliMXSession struct{ mx *cliMX }
-
-func (s *cliMXSession) Mail(string, *smtp.MailOptions) error { return nil }
-func (s *cliMXSession) Rcpt(to string, _ *smtp.RcptOptions) error {
-	s.mx.mu.Lock()
-	defer s.mx.mu.Unlock()
-	if e := s.mx.refuse[to]; e != nil {
-		return e
-	}
-	return nil
-}
-func (s *cliMXSession) Data(r io.Reader) error { _, err := io.Copy(io.Discard, r); return err }
-func (s *cliMXSession) Reset()                 {}
-func (s *cliMXSession) Logout() error          { return nil }
 
 // cliEnv is a running in-process daemon and the configuration file that
 // both it and the CLI read.
 type cliEnv struct {
 	d    *daemon.Daemon
 	conf string
-	mx   *cliMX
+	mx   *testnet.Sink
 }
 
 func cliConfig(dataDir, apiAddr, mxAddr, hash string) string {
@@ -112,9 +74,9 @@ var cliHash = sync.OnceValue(func() string {
 func startCLIDaemon(t *testing.T) *cliEnv {
 	t.Helper()
 	dir := t.TempDir()
-	mx := newCLIMX(t)
+	mx := testnet.NewSink(t)
 	conf := filepath.Join(dir, "hermod.toml")
-	if err := os.WriteFile(conf, []byte(cliConfig(filepath.Join(dir, "data"), freeAddr(t), mx.addr, cliHash())), 0o600); err != nil {
+	if err := os.WriteFile(conf, []byte(cliConfig(filepath.Join(dir, "data"), testnet.FreeAddr(t), mx.Addr(), cliHash())), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	cfg, err := config.Load(conf)
@@ -329,7 +291,7 @@ func TestCLIUsage(t *testing.T) {
 func TestCLIUnknownSubcommandFirst(t *testing.T) {
 	dir := t.TempDir()
 	conf := filepath.Join(dir, "hermod.toml")
-	os.WriteFile(conf, []byte(cliConfig(filepath.Join(dir, "data"), freeAddr(t), "127.0.0.1:25", cliHash())), 0o600)
+	os.WriteFile(conf, []byte(cliConfig(filepath.Join(dir, "data"), testnet.FreeAddr(t), "127.0.0.1:25", cliHash())), 0o600)
 	for _, args := range [][]string{{"queue", "lss"}, {"domain", "add-it", "acme", "acme.example"}, {"suppress", "list"}} {
 		code, _, errs := runCLI(t, "", append(args, "-config", conf)...)
 		if code != 2 || !strings.Contains(errs, "unknown") {
@@ -342,7 +304,7 @@ func TestCLIUnreachableDaemon(t *testing.T) {
 	dir := t.TempDir()
 	data := filepath.Join(dir, "data")
 	os.MkdirAll(data, 0o700)
-	api := freeAddr(t) // nothing listens there
+	api := testnet.FreeAddr(t) // nothing listens there
 	conf := filepath.Join(dir, "hermod.toml")
 	os.WriteFile(conf, []byte(cliConfig(data, api, "127.0.0.1:25", cliHash())), 0o600)
 
@@ -362,9 +324,7 @@ func TestCLIAgainstDaemon(t *testing.T) {
 	e := startCLIDaemon(t)
 
 	later := "later@dest.test"
-	e.mx.mu.Lock()
-	e.mx.refuse[later] = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "greylisted, come back later"}
-	e.mx.mu.Unlock()
+	e.mx.Refuse(later, &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "greylisted, come back later"})
 
 	sent := e.submit(t, "inv-1", "hanako@dest.test")
 	e.waitStatus(t, sent, 0, queue.StatusSent)

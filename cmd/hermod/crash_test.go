@@ -18,8 +18,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/emersion/go-smtp"
 	"golang.org/x/crypto/bcrypt"
+
+	"github.com/hermod-mta/hermod/internal/testnet"
 )
 
 // TestCrashKill9 kills the real hermod binary with SIGKILL at random moments
@@ -40,8 +41,8 @@ func TestCrashKill9(t *testing.T) {
 	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
 		t.Fatalf("build: %v\n%s", err, out)
 	}
-	sink := newCountingSink(t)
-	subAddr, bounceAddr, apiAddr := freeAddr(t), freeAddr(t), freeAddr(t)
+	sink := testnet.NewSink(t, testnet.DiscardData())
+	subAddr, bounceAddr, apiAddr := testnet.FreeAddr(t), testnet.FreeAddr(t), testnet.FreeAddr(t)
 	hash, _ := bcrypt.GenerateFromPassword([]byte("pw"), bcrypt.MinCost)
 	conf := filepath.Join(dir, "hermod.toml")
 	os.WriteFile(conf, []byte(fmt.Sprintf(`hostname = "hermod.test"
@@ -69,7 +70,7 @@ host = %q
 listen = %q
 [log]
 level = "warn"
-`, filepath.Join(dir, "data"), subAddr, hash, bounceAddr, sink.addr, apiAddr)), 0o600)
+`, filepath.Join(dir, "data"), subAddr, hash, bounceAddr, sink.Addr(), apiAddr)), 0o600)
 
 	var mu sync.Mutex
 	acked := map[string]bool{} // queue id → acknowledged
@@ -125,7 +126,7 @@ level = "warn"
 		lost = lost[:0]
 		mu.Lock()
 		for id := range acked {
-			if sink.count(id) == 0 {
+			if sink.CountID(id) == 0 {
 				lost = append(lost, id)
 			}
 		}
@@ -137,7 +138,7 @@ level = "warn"
 	}
 	dups := 0
 	for id := range acked {
-		if n := sink.count(id); n > 1 {
+		if n := sink.CountID(id); n > 1 {
 			dups += n - 1
 		}
 	}
@@ -204,65 +205,3 @@ func burst(addr, tag string, stop <-chan struct{}, ack func(string)) {
 		}
 	}
 }
-
-// countingSink is the remote MX: it counts deliveries by queue id, read
-// from the VERP envelope sender.
-type countingSink struct {
-	mu   sync.Mutex
-	seen map[string]int
-	addr string
-}
-
-func newCountingSink(t *testing.T) *countingSink {
-	s := &countingSink{seen: map[string]int{}}
-	srv := smtp.NewServer(smtp.BackendFunc(func(*smtp.Conn) (smtp.Session, error) { return &countingSession{s: s}, nil }))
-	srv.Domain = "sink.test"
-	srv.ErrorLog = quietLog{}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.addr = l.Addr().String()
-	go srv.Serve(l)
-	t.Cleanup(func() { srv.Close() })
-	return s
-}
-
-func (s *countingSink) count(id string) int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.seen[id]
-}
-
-type countingSession struct {
-	s    *countingSink
-	from string
-}
-
-func (cs *countingSession) Mail(from string, _ *smtp.MailOptions) error { cs.from = from; return nil }
-func (cs *countingSession) Rcpt(string, *smtp.RcptOptions) error        { return nil }
-func (cs *countingSession) Data(r io.Reader) error {
-	io.Copy(io.Discard, r)
-	if id, ok := strings.CutPrefix(cs.from, "bounce-md_"); ok && len(id) >= 16 {
-		cs.s.mu.Lock()
-		cs.s.seen[id[:16]]++
-		cs.s.mu.Unlock()
-	}
-	return nil
-}
-func (cs *countingSession) Reset()        {}
-func (cs *countingSession) Logout() error { return nil }
-
-func freeAddr(t *testing.T) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
-type quietLog struct{}
-
-func (quietLog) Printf(string, ...any) {}
-func (quietLog) Println(...any)        {}
