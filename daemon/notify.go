@@ -53,7 +53,7 @@ func (o *ownerMail) send(ctx context.Context, acct domain.Account, d domain.Doma
 	}
 	body.WriteString(enc + "\r\n")
 	id, err := o.pipeline.Submit(ctx, &smtpd.Submission{User: systemUser, RemoteAddr: netip.IPv6Loopback(), HELO: o.hostname,
-		MailFrom: o.from, Rcpts: []string{acct.Owner}, Header: h, Body: []byte(body.String()), System: true})
+		MailFrom: o.from, Rcpts: []string{acct.Owner}, Header: h, Body: smtpd.NewBody([]byte(body.String())), System: true})
 	if err != nil {
 		return fmt.Errorf("queue domain notice to %s: %w", acct.Owner, err)
 	}

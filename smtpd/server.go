@@ -30,7 +30,7 @@ type Submission struct {
 	Rcpts      []string
 	// Header is the parsed header block; Body the bytes after it, verbatim.
 	Header textproto.Header
-	Body   []byte
+	Body   *Body
 	// System marks mail hermod writes itself (domain notices): it is sent
 	// from the platform identity as written, without the sender rule.
 	System bool

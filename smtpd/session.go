@@ -105,7 +105,7 @@ func (s *session) Data(r io.Reader) error {
 		s.observe("rejected", time.Time{})
 		return s.readFailure(sr, err, "header")
 	}
-	body, err := io.ReadAll(br)
+	body, err := ReadBody(br)
 	if err != nil {
 		s.observe("rejected", time.Time{})
 		return s.readFailure(sr, err, "body")

@@ -10,6 +10,7 @@ import (
 	"crypto"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"strings"
 	"time"
@@ -154,15 +155,17 @@ func (p *Pipeline) Submit(ctx context.Context, sub *smtpd.Submission) (string, e
 		signer = dkim.NewSigner(dec.CustomDomain, sel, key)
 	}
 
-	var msg bytes.Buffer
-	msg.Grow(len(sub.Body) + 4096)
-	if err := textproto.WriteHeader(&msg, h); err != nil {
+	// The message is assembled once, in its final buffer: the header is
+	// small, the body may be 25 MiB, so it is signed as it stands and copied
+	// a single time.
+	var hdr bytes.Buffer
+	if err := textproto.WriteHeader(&hdr, h); err != nil {
 		return "", fmt.Errorf("submit: write header: %w", err)
 	}
-	msg.Write(sub.Body)
-	signingDomain := ""
+	sig, signingDomain := "", ""
 	if signer != nil {
-		sig, err := signer.Sign(bytes.NewReader(msg.Bytes()))
+		var err error
+		sig, err = signer.Sign(io.MultiReader(bytes.NewReader(hdr.Bytes()), sub.Body.Reader()))
 		if err != nil {
 			return "", fmt.Errorf("submit: dkim sign: %w", err)
 		}
@@ -170,10 +173,10 @@ func (p *Pipeline) Submit(ctx context.Context, sub *smtpd.Submission) (string, e
 		if p.opts.OnSign != nil {
 			p.opts.OnSign()
 		}
-		body := make([]byte, 0, len(sig)+msg.Len())
-		body = append(append(body, sig...), msg.Bytes()...)
-		msg = *bytes.NewBuffer(body)
 	}
+	final := make([]byte, 0, len(sig)+hdr.Len()+sub.Body.Len())
+	final = sub.Body.AppendTo(append(append(final, sig...), hdr.Bytes()...))
+	sub.Body = nil // the submitted copy is garbage from here on
 
 	m := &queue.Message{
 		ID: id, Account: account, User: sub.User.Name, Ref: ref, Kind: string(kind),
@@ -194,7 +197,7 @@ func (p *Pipeline) Submit(ctx context.Context, sub *smtpd.Submission) (string, e
 		}
 		m.Recipients = append(m.Recipients, r)
 	}
-	if err := p.opts.Queue.Enqueue(ctx, m, msg.Bytes()); err != nil {
+	if err := p.opts.Queue.Enqueue(ctx, m, final); err != nil {
 		if errors.Is(err, queue.ErrStorage) {
 			p.log.Error("queue refused message", "err", err)
 			return "", reject(452, smtp.EnhancedCode{4, 3, 1}, "Insufficient system storage; message not accepted, try again later")

@@ -1,0 +1,59 @@
+package smtpd
+
+import (
+	"bytes"
+	"io"
+)
+
+// chunkSize is the unit a message body is read in. Reading into fixed
+// chunks instead of one growing slice keeps a 25 MiB message from being
+// copied again and again as the slice grows.
+const chunkSize = 256 << 10
+
+// Body is a message body held as a list of chunks.
+type Body struct {
+	chunks [][]byte
+	n      int
+}
+
+// NewBody returns a body holding b (not copied).
+func NewBody(b []byte) *Body { return &Body{chunks: [][]byte{b}, n: len(b)} }
+
+// ReadBody reads r to the end into a Body.
+func ReadBody(r io.Reader) (*Body, error) {
+	b := &Body{}
+	for {
+		chunk := make([]byte, chunkSize)
+		n, err := io.ReadFull(r, chunk)
+		if n > 0 {
+			b.chunks = append(b.chunks, chunk[:n:n])
+			b.n += n
+		}
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			return b, nil
+		}
+		if err != nil {
+			return b, err
+		}
+	}
+}
+
+// Len is the size of the body in bytes.
+func (b *Body) Len() int { return b.n }
+
+// Reader returns a reader over the body.
+func (b *Body) Reader() io.Reader {
+	rs := make([]io.Reader, len(b.chunks))
+	for i, c := range b.chunks {
+		rs[i] = bytes.NewReader(c)
+	}
+	return io.MultiReader(rs...)
+}
+
+// AppendTo appends the body to dst.
+func (b *Body) AppendTo(dst []byte) []byte {
+	for _, c := range b.chunks {
+		dst = append(dst, c...)
+	}
+	return dst
+}
