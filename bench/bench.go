@@ -42,6 +42,7 @@ type options struct {
 	timeout                    time.Duration
 	keep                       bool
 	peerOnly                   bool
+	rate                       float64
 }
 
 func parseFlags(args []string, stderr io.Writer) (*options, error) {
@@ -53,6 +54,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.IntVar(&o.size, "size", 4096, "message size in bytes, header included")
 	fs.IntVar(&o.rcpts, "rcpts", 1, "recipients per message")
 	fs.IntVar(&o.domains, "domains", 1, "spread recipients over this many domains")
+	fs.Float64Var(&o.rate, "rate", 0, "pace submissions at this many msgs/s in all (0: as fast as the sessions go)")
 	fs.StringVar(&o.dkim, "dkim", "rsa", "hermod's DKIM algorithm in the throw-away config: rsa (2048) or ed25519")
 	fs.StringVar(&o.sink, "sink", "go", "the MX: go (in-process, counts and times each delivery) or smtp-sink (Postfix's; counts only)")
 	fs.DurationVar(&o.sinkDelay, "sink-delay", 0, "time the sink takes per message before its 250 (smtp-sink: whole seconds)")
@@ -300,7 +302,7 @@ func runOne(ctx context.Context, o *options, sk sink, s *subject) *result {
 	}()
 
 	lo := loadOptions{Addr: s.addr, User: s.user, Password: s.password, Messages: o.n, Sessions: o.c,
-		Size: o.size, Rcpts: o.rcpts, Domains: o.domains}
+		Size: o.size, Rcpts: o.rcpts, Domains: o.domains, Rate: o.rate}
 	load := runLoad(ctx, lo, s.keyByQueueID)
 	if load.Rejected > 0 {
 		r.notes = append(r.notes, fmt.Sprintf("%d messages not accepted, e.g. %q", load.Rejected, load.Errors))

@@ -24,6 +24,9 @@ type loadOptions struct {
 	Rcpts          int
 	// Domains spreads recipients over this many domains (dest<k>.bench.test).
 	Domains int
+	// Rate paces the load at this many messages per second in all (an open
+	// loop, as applications send); 0 sends as fast as the sessions can.
+	Rate float64
 }
 
 // loadResult is what the load generator measured.
@@ -137,6 +140,13 @@ func (g *generator) session(ctx context.Context, c int) error {
 		if i >= int64(opts.Messages) || ctx.Err() != nil {
 			cl.send("QUIT")
 			return nil
+		}
+		if opts.Rate > 0 {
+			due := g.res.Start.Add(time.Duration(float64(i) / opts.Rate * float64(time.Second)))
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Until(due)):
+			}
 		}
 		err := g.message(cl, c, i)
 		var rej *errReply
