@@ -171,7 +171,7 @@ func New(cfg *config.Config, log *slog.Logger, o Options) (d *Daemon, err error)
 		Now: o.Now, Logger: log, OnSign: m.DKIMSignatures.Inc,
 	})
 	notifier.pipeline = d.Pipeline
-	d.Runner = queue.NewRunner(d.Store, &deliverer{relay: d.Relay, suppress: d.Suppress, log: log}, queue.RunnerOptions{
+	d.Runner = queue.NewRunner(d.Store, &deliverer{relay: d.Relay, suppress: d.Suppress}, queue.RunnerOptions{
 		Concurrency: cfg.Relay.Concurrency, Retry: cfg.Relay.Retry, MaxAge: cfg.Relay.MaxAge, Jitter: 0.1,
 		OnAttempt: observeAttempt(log, m),
 	})

@@ -17,7 +17,6 @@ import (
 type deliverer struct {
 	relay    *relay.Relay
 	suppress *suppress.List
-	log      *slog.Logger
 }
 
 func (d *deliverer) Deliver(ctx context.Context, dl queue.Delivery) queue.Result {
