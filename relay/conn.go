@@ -75,8 +75,10 @@ func (c *conn) greeted() bool {
 func (c *conn) apply() error {
 	t := c.want
 	caps := []time.Time{c.limit}
-	if !c.wrote {
-		caps = append(caps, c.greetLimit)
+	if !c.wrote && !c.greetLimit.IsZero() {
+		// The greeting has the connect budget, even when the per-command
+		// timeout go-smtp asks for is shorter.
+		t = c.greetLimit
 	}
 	for _, l := range caps {
 		if !l.IsZero() && (t.IsZero() || l.Before(t)) {
