@@ -4,7 +4,7 @@
 # Postfix's smtp-sink, dkimpy). Installs the Debian packages it needs when
 # run as root on a machine that lacks them. `.ci/run` calls exactly this.
 #
-# Environment: FUZZTIME (default 10s per target), SKIP_E2E=1 to skip the
+# Environment: FUZZTIME (default 5s per target), SKIP_E2E=1 to skip the
 # end-to-end script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,10 +37,10 @@ fi
 echo "== go test -race"
 go test -race -shuffle=on -count=1 -timeout 15m ./...
 
-echo "== fuzz (${FUZZTIME:-10s} per target)"
+echo "== fuzz (${FUZZTIME:-5s} per target)"
 grep -rHoE '^func Fuzz[A-Za-z0-9_]+' --include='*_test.go' . | sed -E 's#^(.*)/[^/]*:func (Fuzz.*)#\1 \2#' | sort -u |
 while read -r pkg target; do
-  go test -run '^$' -fuzz "^${target}\$" -fuzztime "${FUZZTIME:-10s}" "$pkg" >/dev/null
+  go test -run '^$' -fuzz "^${target}\$" -fuzztime "${FUZZTIME:-5s}" "$pkg" >/dev/null
   echo "ok - fuzz $target ($pkg)"
 done
 
