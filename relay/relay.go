@@ -9,6 +9,7 @@
 package relay
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -330,7 +331,7 @@ func (r *Relay) Deliver(ctx context.Context, mailFrom, rcptTo string, body []byt
 		to:       rcptTo,
 		body:     body,
 		needUTF8: !isASCII(mailFrom) || !isASCII(rcptTo),
-		wantUTF8: !isASCII(mailFrom) || !isASCII(rcptTo) || !isASCII(headerOf(body)),
+		wantUTF8: !isASCII(mailFrom) || !isASCII(rcptTo) || !isASCII(string(headerOf(body))),
 	}
 
 	targets, res, ok := r.targets(ctx, asciiDomain)
@@ -437,16 +438,16 @@ func isASCII(s string) bool {
 	return true
 }
 
-// headerOf returns the header section of msg (up to the first empty line).
-func headerOf(msg []byte) string {
-	s := string(msg)
-	if i := strings.Index(s, "\r\n\r\n"); i >= 0 {
-		return s[:i]
+// headerOf returns the header section of msg (up to the first empty line),
+// without copying the message.
+func headerOf(msg []byte) []byte {
+	if i := bytes.Index(msg, []byte("\r\n\r\n")); i >= 0 {
+		return msg[:i]
 	}
-	if i := strings.Index(s, "\n\n"); i >= 0 {
-		return s[:i]
+	if i := bytes.Index(msg, []byte("\n\n")); i >= 0 {
+		return msg[:i]
 	}
-	return s
+	return msg
 }
 
 // routeTable is an immutable set of routes.
