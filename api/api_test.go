@@ -713,3 +713,9 @@ func TestRequestBodies(t *testing.T) {
 	ok := `{"owner":"o@acme.test","custom_domain":true}` + strings.Repeat(" ", 1<<20-100)
 	e.ok(t, "PUT", "/v1/accounts/acme", ok, nil)
 }
+
+func TestWrongMethodAndPathAreJSON(t *testing.T) {
+	e := newAPI(t)
+	e.fails(t, "PATCH", "/v1/messages/0123456789abcdef", nil, http.StatusMethodNotAllowed, "method_not_allowed")
+	e.fails(t, "GET", "/v1/nothing-here", nil, http.StatusNotFound, "not_found")
+}
