@@ -70,6 +70,9 @@ func (s *Store) deleteMessage(tx *bolt.Tx, st *txState, m *Message) error {
 			return err
 		}
 	}
+	if v := tx.Bucket(bucketBodies).Get([]byte(m.ID)); string(v) == string(fileMarker) {
+		st.removeFiles = append(st.removeFiles, s.bodyPath(m.ID))
+	}
 	if err := tx.Bucket(bucketBodies).Delete([]byte(m.ID)); err != nil {
 		return err
 	}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
+	"os"
 	"syscall"
 
 	bolt "go.etcd.io/bbolt"
@@ -120,6 +122,7 @@ func (s *Store) commitBatch(batch []*commitReq) error {
 			}
 			total.events += r.st.events
 			total.due = total.due || r.st.due
+			total.removeFiles = append(total.removeFiles, r.st.removeFiles...)
 		}
 		s.mu.Lock()
 		cur := s.counts
@@ -131,6 +134,11 @@ func (s *Store) commitBatch(batch []*commitReq) error {
 	}
 	s.commitCount.Add(1)
 	s.commitItems.Add(uint64(len(batch)))
+	for _, f := range total.removeFiles {
+		if err := os.Remove(f); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			s.log.Warn("queue: remove body file", "file", f, "err", err)
+		}
+	}
 	s.mu.Lock()
 	for k, v := range total.counts {
 		s.counts[k] += v

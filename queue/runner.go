@@ -219,6 +219,7 @@ func inflightKey(id string, idx int) string { return fmt.Sprintf("%s/%d", id, id
 // attempt delivers one recipient and records the result.
 func (r *Runner) attempt(ctx context.Context, id string, idx int) {
 	var d Delivery
+	var bodyErr error
 	err := r.store.db.View(func(tx *bolt.Tx) error {
 		m, err := getMessage(tx, id)
 		if err != nil {
@@ -227,13 +228,21 @@ func (r *Runner) attempt(ctx context.Context, id string, idx int) {
 		if idx >= len(m.Recipients) || !m.Recipients[idx].Status.Pending() {
 			return fmt.Errorf("recipient %d of %s is not pending", idx, id)
 		}
-		body := tx.Bucket(bucketBodies).Get([]byte(id))
-		if body == nil {
-			return fmt.Errorf("%w: body of %s", ErrNotFound, id)
-		}
-		d = Delivery{Message: m, Recipient: m.Recipients[idx], Body: append([]byte(nil), body...)}
+		d = Delivery{Message: m, Recipient: m.Recipients[idx]}
+		d.Body, bodyErr = r.store.readBody(tx, id)
 		return nil
 	})
+	if err == nil && bodyErr != nil {
+		// The message is there but its body cannot be read (a body file
+		// gone or unreadable): retry later like any temporary failure, and
+		// say why, rather than spin on it.
+		r.store.log.Error("queue: read body", "msgid", id, "err", bodyErr)
+		res := Result{Status: StatusDeferred, Text: "local error: " + bodyErr.Error(), Reason: "system", Source: "queue"}
+		if err := r.store.record(context.Background(), id, idx, res, r.schedule); err != nil {
+			r.store.log.Error("queue: record result", "msgid", id, "rcpt_index", idx, "err", err)
+		}
+		return
+	}
 	if err != nil {
 		// The due entry is stale (message deleted meanwhile): drop it.
 		r.store.log.Debug("queue: skip due entry", "msgid", id, "rcpt_index", idx, "err", err)

@@ -49,6 +49,11 @@ type Options struct {
 	Hook func(tx *bolt.Tx, m *Message, ev *Event) error
 	// NoSync turns off fsync (benchmarks of CPU cost only; never in production).
 	NoSync bool
+	// BodyDir keeps bodies of LargeBody bytes or more as files ("" means
+	// "bodies" beside the store file). LargeBody 0 means DefaultLargeBody;
+	// a negative value keeps every body in the store.
+	BodyDir   string
+	LargeBody int
 }
 
 // Store is the bbolt-backed queue. It is safe for concurrent use.
@@ -96,6 +101,12 @@ func Open(path string, opts Options) (*Store, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
+	if opts.BodyDir == "" {
+		opts.BodyDir = filepath.Join(filepath.Dir(path), "bodies")
+	}
+	if opts.LargeBody == 0 {
+		opts.LargeBody = DefaultLargeBody
+	}
 	s := &Store{
 		db:       db,
 		opts:     opts,
@@ -124,6 +135,10 @@ func Open(path string, opts Options) (*Store, error) {
 	if err != nil {
 		db.Close()
 		return nil, fmt.Errorf("queue: initialise %s: %w", path, err)
+	}
+	if err := s.removeOrphans(); err != nil {
+		db.Close()
+		return nil, err
 	}
 	go s.committer()
 	return s, nil
@@ -185,6 +200,8 @@ type txState struct {
 	counts map[Status]int64
 	events int
 	due    bool
+	// removeFiles are body files to delete once the transaction commits.
+	removeFiles []string
 }
 
 func (st *txState) count(status Status, delta int64) {
@@ -348,12 +365,9 @@ func (s *Store) Get(id string) (*Message, error) {
 func (s *Store) Body(id string) ([]byte, error) {
 	var body []byte
 	err := s.db.View(func(tx *bolt.Tx) error {
-		v := tx.Bucket(bucketBodies).Get([]byte(id))
-		if v == nil {
-			return fmt.Errorf("%w: %s", ErrNotFound, id)
-		}
-		body = bytes.Clone(v)
-		return nil
+		var err error
+		body, err = s.readBody(tx, id)
+		return err
 	})
 	return body, err
 }
@@ -363,6 +377,13 @@ func (s *Store) Body(id string) ([]byte, error) {
 // suppressed recipient). It returns once the commit is on disk; an error
 // wrapping ErrStorage means the disk refused the write.
 func (s *Store) Enqueue(ctx context.Context, m *Message, body []byte) error {
+	return s.EnqueueParts(ctx, m, body)
+}
+
+// EnqueueParts is Enqueue with the message given as consecutive parts (a
+// signature, the header, body chunks), so that a large message is written
+// out without first being assembled in memory.
+func (s *Store) EnqueueParts(ctx context.Context, m *Message, parts ...[]byte) error {
 	if !ValidID(m.ID) {
 		return fmt.Errorf("queue: invalid message id %q", m.ID)
 	}
@@ -372,12 +393,27 @@ func (s *Store) Enqueue(ctx context.Context, m *Message, body []byte) error {
 	if m.Received.IsZero() {
 		m.Received = s.now()
 	}
-	m.Size = len(body)
-	return s.update(ctx, func(tx *bolt.Tx, st *txState) error {
+	m.Size = 0
+	for _, p := range parts {
+		m.Size += len(p)
+	}
+	var stored []byte
+	inFile := s.opts.LargeBody > 0 && m.Size >= s.opts.LargeBody
+	if inFile {
+		if err := s.writeBodyFile(m.ID, parts); err != nil {
+			return err
+		}
+		stored = fileMarker
+	} else if len(parts) == 1 {
+		stored = parts[0]
+	} else {
+		stored = bytes.Join(parts, nil)
+	}
+	err := s.update(ctx, func(tx *bolt.Tx, st *txState) error {
 		if tx.Bucket(bucketMessages).Get([]byte(m.ID)) != nil {
 			return fmt.Errorf("queue: message %s already exists", m.ID)
 		}
-		if err := tx.Bucket(bucketBodies).Put([]byte(m.ID), body); err != nil {
+		if err := tx.Bucket(bucketBodies).Put([]byte(m.ID), stored); err != nil {
 			return err
 		}
 		if m.Ref != "" {
@@ -410,6 +446,10 @@ func (s *Store) Enqueue(ctx context.Context, m *Message, body []byte) error {
 		}
 		return putMessage(tx, m)
 	})
+	if err != nil && inFile {
+		os.Remove(s.bodyPath(m.ID)) // the transaction did not commit
+	}
+	return err
 }
 
 func lowerASCII(s string) string {

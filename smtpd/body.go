@@ -50,10 +50,5 @@ func (b *Body) Reader() io.Reader {
 	return io.MultiReader(rs...)
 }
 
-// AppendTo appends the body to dst.
-func (b *Body) AppendTo(dst []byte) []byte {
-	for _, c := range b.chunks {
-		dst = append(dst, c...)
-	}
-	return dst
-}
+// Chunks returns the body's chunks, in order (not copies).
+func (b *Body) Chunks() [][]byte { return b.chunks }

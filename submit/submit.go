@@ -44,9 +44,9 @@ type Suppressions interface {
 	Suppressed(account, address string) (reason string, ok bool, err error)
 }
 
-// Enqueuer stores a message durably.
+// Enqueuer stores a message durably, given as consecutive parts.
 type Enqueuer interface {
-	Enqueue(ctx context.Context, m *queue.Message, body []byte) error
+	EnqueueParts(ctx context.Context, m *queue.Message, parts ...[]byte) error
 }
 
 // Options configures a Pipeline.
@@ -155,9 +155,8 @@ func (p *Pipeline) Submit(ctx context.Context, sub *smtpd.Submission) (string, e
 		signer = dkim.NewSigner(dec.CustomDomain, sel, key)
 	}
 
-	// The message is assembled once, in its final buffer: the header is
-	// small, the body may be 25 MiB, so it is signed as it stands and copied
-	// a single time.
+	// The header is small, the body may be 25 MiB: it is signed as it
+	// stands and handed to the queue in parts, never assembled here.
 	var hdr bytes.Buffer
 	if err := textproto.WriteHeader(&hdr, h); err != nil {
 		return "", fmt.Errorf("submit: write header: %w", err)
@@ -174,9 +173,7 @@ func (p *Pipeline) Submit(ctx context.Context, sub *smtpd.Submission) (string, e
 			p.opts.OnSign()
 		}
 	}
-	final := make([]byte, 0, len(sig)+hdr.Len()+sub.Body.Len())
-	final = sub.Body.AppendTo(append(append(final, sig...), hdr.Bytes()...))
-	sub.Body = nil // the submitted copy is garbage from here on
+	parts := append([][]byte{[]byte(sig), hdr.Bytes()}, sub.Body.Chunks()...)
 
 	m := &queue.Message{
 		ID: id, Account: account, User: sub.User.Name, Ref: ref, Kind: string(kind),
@@ -197,7 +194,7 @@ func (p *Pipeline) Submit(ctx context.Context, sub *smtpd.Submission) (string, e
 		}
 		m.Recipients = append(m.Recipients, r)
 	}
-	if err := p.opts.Queue.Enqueue(ctx, m, final); err != nil {
+	if err := p.opts.Queue.EnqueueParts(ctx, m, parts...); err != nil {
 		if errors.Is(err, queue.ErrStorage) {
 			p.log.Error("queue refused message", "err", err)
 			return "", reject(452, smtp.EnhancedCode{4, 3, 1}, "Insufficient system storage; message not accepted, try again later")
