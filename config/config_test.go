@@ -2,16 +2,9 @@ package config
 
 import (
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"io/fs"
 	"log/slog"
-	"math/big"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -21,6 +14,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/hermod-mta/hermod/internal/testnet"
 )
 
 const testHash = "$2a$10$k65Al3nfiAL87KzZgrkWF.sghvPAq2oL9KQaFz3PuDE00d8Y4R1xC" // "change-me"
@@ -342,42 +337,10 @@ func TestDataPath(t *testing.T) {
 	}
 }
 
-// writeCert writes a self-signed certificate and its key into dir.
-func writeCert(t *testing.T, dir, name string) (certFile, keyFile string) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		Subject:      pkix.Name{CommonName: "mx.example.test"},
-		DNSNames:     []string{"mx.example.test"},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certFile, keyFile = filepath.Join(dir, name+".crt"), filepath.Join(dir, name+".key")
-	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return certFile, keyFile
-}
-
 func TestValidate(t *testing.T) {
 	dir := t.TempDir()
-	cert, key := writeCert(t, dir, "a")
-	_, otherKey := writeCert(t, dir, "b")
+	cert, key := testnet.WriteCert(t, dir, "a", "mx.example.test")
+	_, otherKey := testnet.WriteCert(t, dir, "b", "mx.example.test")
 	withTLS := func(c *Config) { c.Submission.TLSCert, c.Submission.TLSKey = cert, key }
 
 	for _, tc := range []struct {

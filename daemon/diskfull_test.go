@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -14,14 +13,7 @@ import (
 // tmpfs; root only) and checks that a submission is answered 452 4.3.1,
 // nothing is half-written, and submissions work again once space is back.
 func TestDiskFullAnswers452(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to mount a small tmpfs")
-	}
-	dir := t.TempDir()
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", dir).CombinedOutput(); err != nil {
-		t.Skipf("cannot mount tmpfs: %v %s", err, out)
-	}
-	t.Cleanup(func() { exec.Command("umount", "-l", dir).Run() })
+	dir := testnet.Tmpfs(t, "8m")
 	sink := testnet.NewSink(t)
 	cfg := testConfig(t, dir, sink.Addr())
 	d := startDaemon(t, cfg)

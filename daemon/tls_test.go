@@ -1,17 +1,8 @@
 package daemon
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"io"
-	"math/big"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -21,26 +12,6 @@ import (
 
 	"github.com/hermod-mta/hermod/internal/testnet"
 )
-
-// writeCert writes a self-signed certificate and key for hermod.test.
-func writeCert(t *testing.T, dir string) (certFile, keyFile string) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "hermod.test"},
-		DNSNames: []string{"hermod.test"}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, _ := x509.MarshalPKCS8PrivateKey(key)
-	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
-	os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), 0o600)
-	return certFile, keyFile
-}
 
 func sendOver(t *testing.T, c *smtp.Client, auth sasl.Client, rcpt string) {
 	t.Helper()
@@ -57,7 +28,7 @@ func TestSTARTTLSAndImplicitTLS(t *testing.T) {
 	sink := testnet.NewSink(t)
 	dir := t.TempDir()
 	cfg := testConfig(t, dir, sink.Addr())
-	cfg.Submission.TLSCert, cfg.Submission.TLSKey = writeCert(t, dir)
+	cfg.Submission.TLSCert, cfg.Submission.TLSKey = testnet.WriteCert(t, dir, "submission", "hermod.test")
 	cfg.Submission.ListenTLS = "127.0.0.1:0"
 	d := startDaemon(t, cfg)
 	tc := &tls.Config{InsecureSkipVerify: true, ServerName: "hermod.test"}

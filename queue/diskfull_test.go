@@ -3,24 +3,17 @@ package queue
 import (
 	"context"
 	"errors"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
+
+	"github.com/hermod-mta/hermod/internal/testnet"
 )
 
 // TestDiskFull mounts a small tmpfs (root only; skipped elsewhere), fills
 // it, and checks that enqueueing fails with ErrStorage and leaves nothing
 // half-written, then works again once space is freed.
 func TestDiskFull(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to mount a small tmpfs")
-	}
-	dir := t.TempDir()
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", dir).CombinedOutput(); err != nil {
-		t.Skipf("cannot mount tmpfs: %v %s", err, out)
-	}
-	t.Cleanup(func() { exec.Command("umount", "-l", dir).Run() })
+	dir := testnet.Tmpfs(t, "4m")
 	s := openStore(t, filepath.Join(dir, "q.db"), nil)
 	defer s.Close()
 	ctx := context.Background()

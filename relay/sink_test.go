@@ -1,15 +1,9 @@
 package relay
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
 	"io"
-	"math/big"
 	"net"
 	"strconv"
 	"strings"
@@ -18,6 +12,8 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
+
+	"github.com/hermod-mta/hermod/internal/testnet"
 )
 
 // received is one message the sink accepted.
@@ -95,7 +91,7 @@ func newSink(t *testing.T, configure func(*sink)) *sink {
 
 // withTLS makes the sink offer STARTTLS with a fresh self-signed certificate.
 func withTLS(t *testing.T) func(*sink) {
-	cert := selfSigned(t)
+	cert := testnet.Cert(t, "sink.test")
 	return func(s *sink) {
 		s.srv = smtp.NewServer(s)
 		s.srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}}
@@ -108,26 +104,6 @@ func withBrokenTLS(s *sink) {
 	s.srv.TLSConfig = &tls.Config{GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 		return nil, errors.New("no certificate today")
 	}}
-}
-
-func selfSigned(t *testing.T) tls.Certificate {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		Subject:      pkix.Name{CommonName: "sink.test"},
-		DNSNames:     []string{"sink.test"},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 }
 
 type discardLogger struct{}
