@@ -195,10 +195,9 @@ type smtpSink struct {
 	addr string
 	done chan struct{}
 
-	msgs, sess     atomic.Int64
-	baseM, baseS   atomic.Int64
-	waitErr        error
-	cancelCounters context.CancelFunc
+	msgs, sess   atomic.Int64
+	baseM, baseS atomic.Int64
+	waitErr      error
 }
 
 var reSinkCounters = regexp.MustCompile(`sess=(\d+) quit=\d+ mesg=(\d+)`)

@@ -218,9 +218,7 @@ func addrBlocks(lines []string, exclude map[string]bool) []*block {
 func mentionedAddrs(env *envelope, head string, exclude map[string]bool) []*block {
 	var cands []string
 	for _, v := range env.header.Values("X-Failed-Recipients") {
-		for _, a := range strings.Split(v, ",") {
-			cands = append(cands, a)
-		}
+		cands = append(cands, strings.Split(v, ",")...)
 	}
 	if len(cands) == 0 {
 		for _, m := range reRcptTo.FindAllStringSubmatch(head, 20) {

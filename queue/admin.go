@@ -149,13 +149,10 @@ func (s *Store) List(opts ListOptions) ([]*Message, string, error) {
 		var k, v []byte
 		if opts.Before == "" {
 			k, v = c.Last()
+		} else if sk, _ := c.Seek([]byte(opts.Before)); sk == nil {
+			k, v = c.Last() // every id is below the cursor
 		} else {
-			k, v = c.Seek([]byte(opts.Before))
-			if k == nil {
-				k, v = c.Last()
-			} else {
-				k, v = c.Prev()
-			}
+			k, v = c.Prev()
 		}
 		for ; k != nil; k, v = c.Prev() {
 			if opts.Status != "" && !bytes.Contains(v, []byte(`"status":"`+string(opts.Status)+`"`)) {

@@ -9,6 +9,7 @@ import (
 	"syscall"
 
 	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
 )
 
 // maxBatch bounds how many writes share one transaction.
@@ -103,7 +104,7 @@ func (s *Store) runBatch(batch []*commitReq) {
 
 func storageError(err error) error {
 	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EROFS) || errors.Is(err, syscall.EIO) ||
-		errors.Is(err, syscall.EDQUOT) || errors.Is(err, bolt.ErrDatabaseReadOnly) || errors.Is(err, bolt.ErrDatabaseNotOpen) {
+		errors.Is(err, syscall.EDQUOT) || errors.Is(err, bolterrors.ErrDatabaseReadOnly) || errors.Is(err, bolterrors.ErrDatabaseNotOpen) {
 		return fmt.Errorf("%w: %w", ErrStorage, err)
 	}
 	return fmt.Errorf("%w: commit: %w", ErrStorage, err)

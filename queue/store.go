@@ -15,6 +15,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
 )
 
 // Bucket names. Other packages (suppress, domain, webhooks) keep their own
@@ -90,7 +91,7 @@ func Open(path string, opts Options) (*Store, error) {
 		NoSync:         opts.NoSync,
 	})
 	if err != nil {
-		if errors.Is(err, bolt.ErrTimeout) {
+		if errors.Is(err, bolterrors.ErrTimeout) {
 			return nil, fmt.Errorf("queue: open %s: the file is locked by another process (is hermod already running?)", path)
 		}
 		return nil, fmt.Errorf("queue: open %s: %w", path, err)

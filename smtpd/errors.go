@@ -18,7 +18,6 @@ var (
 	errAuthFailed   = reply(535, smtp.EnhancedCode{5, 7, 8}, "Authentication credentials invalid")
 	errAuthLocked   = reply(454, smtp.EnhancedCode{4, 7, 0}, "Too many failed logins from your address; try again later")
 	errLocal        = reply(451, smtp.EnhancedCode{4, 3, 0}, "Local error in processing; try again later")
-	errStorage      = reply(452, smtp.EnhancedCode{4, 3, 1}, "Insufficient system storage; message not accepted, try again later")
 	errTooBig       = reply(552, smtp.EnhancedCode{5, 3, 4}, "Message size exceeds the fixed maximum message size")
 	errLineTooLong  = reply(550, smtp.EnhancedCode{5, 5, 2}, "Message has a line longer than 998 characters (RFC 5322 2.1.1); fold headers or encode the body")
 	errShutdown     = reply(421, smtp.EnhancedCode{4, 3, 2}, "Service shutting down; try again later")

@@ -4,11 +4,12 @@ import (
 	"context"
 	"errors"
 
-	"github.com/emersion/go-smtp"
 	"net"
 	"net/netip"
 	"sync"
 	"time"
+
+	"github.com/emersion/go-smtp"
 )
 
 // limitListener refuses connections beyond a total and a per-address cap
