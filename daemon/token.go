@@ -7,8 +7,9 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"strings"
+
+	"github.com/hermod-mta/hermod/internal/atomicfile"
 )
 
 // LoadOrCreateToken returns the API bearer token stored in path, creating
@@ -19,30 +20,19 @@ func LoadOrCreateToken(path string) (string, error) {
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		return "", err
 	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return "", fmt.Errorf("create %s: %w", filepath.Dir(path), err)
-	}
 	var b [24]byte
 	if _, err := rand.Read(b[:]); err != nil {
 		return "", err
 	}
 	tok := hex.EncodeToString(b[:])
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if errors.Is(err, fs.ErrExist) {
-		return ReadToken(path) // created meanwhile by another process
-	}
+	created, err := atomicfile.Create(path, []byte(tok+"\n"))
 	if err != nil {
-		return "", fmt.Errorf("create token file: %w", err)
+		return "", fmt.Errorf("store token: %w", err)
 	}
-	if _, err := f.WriteString(tok + "\n"); err != nil {
-		f.Close()
-		return "", fmt.Errorf("write token file: %w", err)
+	if !created { // created meanwhile by another process
+		return ReadToken(path)
 	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return "", err
-	}
-	return tok, f.Close()
+	return tok, nil
 }
 
 // ReadToken reads the API token from path.

@@ -15,8 +15,9 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"strings"
+
+	"github.com/hermod-mta/hermod/internal/atomicfile"
 )
 
 // Algorithm is a DKIM key algorithm.
@@ -146,29 +147,14 @@ func LoadOrCreateKey(path string, alg Algorithm) (key crypto.Signer, created boo
 	if err != nil {
 		return nil, false, err
 	}
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, false, fmt.Errorf("dkim: create key directory: %w", err)
-	}
-	tmp, err := writeTemp(dir, data)
+	created, err = atomicfile.Create(path, data)
 	if err != nil {
-		return nil, false, err
+		return nil, false, fmt.Errorf("dkim: store key: %w", err)
 	}
-	defer os.Remove(tmp) // after a successful link or rename this is a no-op or removes the extra name
-
-	// os.Link fails when path exists, unlike os.Rename, so a key someone
-	// else stored meanwhile (and may already have published) is never
-	// replaced. Fall back to rename on file systems without hard links.
-	if err := os.Link(tmp, path); err != nil {
-		if errors.Is(err, fs.ErrExist) {
-			key, err := loadKey(path)
-			return key, false, err
-		}
-		if err := os.Rename(tmp, path); err != nil {
-			return nil, false, fmt.Errorf("dkim: store key: %w", err)
-		}
+	if !created { // stored meanwhile by another process: use that one
+		key, err := loadKey(path)
+		return key, false, err
 	}
-	syncDir(dir)
 	return key, true, nil
 }
 
@@ -184,47 +170,6 @@ func loadKey(path string) (crypto.Signer, error) {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return key, nil
-}
-
-// writeTemp writes data to a new mode 0600 file in dir, flushed to disk,
-// and returns its name.
-func writeTemp(dir string, data []byte) (string, error) {
-	f, err := os.CreateTemp(dir, ".dkim-key-*.tmp")
-	if err != nil {
-		return "", fmt.Errorf("dkim: create temporary key file: %w", err)
-	}
-	name := f.Name()
-	fail := func(err error) (string, error) {
-		f.Close()
-		os.Remove(name)
-		return "", fmt.Errorf("dkim: write temporary key file: %w", err)
-	}
-	// CreateTemp already uses 0600; Chmod makes it independent of that detail.
-	if err := f.Chmod(0o600); err != nil {
-		return fail(err)
-	}
-	if _, err := f.Write(data); err != nil {
-		return fail(err)
-	}
-	if err := f.Sync(); err != nil {
-		return fail(err)
-	}
-	if err := f.Close(); err != nil {
-		os.Remove(name)
-		return "", fmt.Errorf("dkim: write temporary key file: %w", err)
-	}
-	return name, nil
-}
-
-// syncDir makes a new directory entry durable. Failure is ignored: the key
-// is already usable, and some systems cannot fsync directories.
-func syncDir(dir string) {
-	d, err := os.Open(dir)
-	if err != nil {
-		return
-	}
-	d.Sync()
-	d.Close()
 }
 
 // TXTRecord returns the DNS TXT record that publishes pub under

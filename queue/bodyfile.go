@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/hermod-mta/hermod/internal/atomicfile"
+
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -47,22 +49,13 @@ func (s *Store) writeBodyFile(id string, parts [][]byte) error {
 		err = cerr
 	}
 	if err == nil {
-		err = syncDir(s.opts.BodyDir)
+		err = atomicfile.SyncDir(s.opts.BodyDir)
 	}
 	if err != nil {
 		os.Remove(path)
 		return fmt.Errorf("%w: write body file: %w", ErrStorage, err)
 	}
 	return nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 // readBody returns a copy of the body of id: from the bucket or its file.

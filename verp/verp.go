@@ -36,9 +36,10 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
+
+	"github.com/hermod-mta/hermod/internal/atomicfile"
 )
 
 // Prefix starts the local part of every VERP envelope sender.
@@ -229,46 +230,16 @@ func LoadOrCreateSecret(path string) ([]byte, error) {
 	if err == nil || !errors.Is(err, fs.ErrNotExist) {
 		return secret, err
 	}
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("verp: create secret directory: %w", err)
-	}
 	secret = make([]byte, secretLen)
 	if _, err := rand.Read(secret); err != nil {
 		return nil, fmt.Errorf("verp: generate secret: %w", err)
 	}
-	f, err := os.CreateTemp(dir, ".verp-secret-*") // CreateTemp uses mode 0600
+	created, err := atomicfile.Create(path, []byte(hex.EncodeToString(secret)+"\n"))
 	if err != nil {
-		return nil, fmt.Errorf("verp: create secret: %w", err)
+		return nil, fmt.Errorf("verp: store secret: %w", err)
 	}
-	tmp := f.Name()
-	defer os.Remove(tmp)
-	if err := f.Chmod(0o600); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("verp: create secret: %w", err)
-	}
-	if _, err := f.WriteString(hex.EncodeToString(secret) + "\n"); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("verp: write secret: %w", err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("verp: write secret: %w", err)
-	}
-	if err := f.Close(); err != nil {
-		return nil, fmt.Errorf("verp: write secret: %w", err)
-	}
-	// Link, unlike Rename, fails if path exists, so a secret created meanwhile
-	// by another process is never replaced.
-	if err := os.Link(tmp, path); err != nil {
-		if errors.Is(err, fs.ErrExist) {
-			return readSecret(path)
-		}
-		return nil, fmt.Errorf("verp: install secret: %w", err)
-	}
-	if d, err := os.Open(dir); err == nil {
-		_ = d.Sync() // best effort: make the new directory entry durable
-		d.Close()
+	if !created { // created meanwhile by another process: use that one
+		return readSecret(path)
 	}
 	return secret, nil
 }
