@@ -100,7 +100,7 @@ const (
 func (p *Pipeline) Submit(ctx context.Context, sub *smtpd.Submission) (string, error) {
 	now := p.opts.Now()
 	h := sub.Header // a copy of the header's fields is not needed: sub is ours
-	account, err := p.account(sub.User, strings.TrimSpace(h.Get(headerAccount)))
+	account, customDomain, err := p.account(sub.User, strings.TrimSpace(h.Get(headerAccount)))
 	if err != nil {
 		return "", err
 	}
@@ -118,9 +118,8 @@ func (p *Pipeline) Submit(ctx context.Context, sub *smtpd.Submission) (string, e
 		}
 	}
 
-	in := sender.Input{Kind: kind, IsVerified: func(string) bool { return false }}
+	in := sender.Input{Kind: kind, CustomDomainOption: customDomain, IsVerified: func(string) bool { return false }}
 	if account != "" && p.opts.Accounts != nil {
-		_, in.CustomDomainOption = p.opts.Accounts.LookupAccount(account)
 		in.IsVerified = func(d string) bool { return p.opts.Accounts.IsVerified(account, d) }
 	}
 	headerFrom := h.Get("From")
@@ -206,26 +205,29 @@ func (p *Pipeline) Submit(ctx context.Context, sub *smtpd.Submission) (string, e
 	return id, nil
 }
 
-// account resolves X-Hermod-Account against what the user may use.
-func (p *Pipeline) account(u *smtpd.User, requested string) (string, error) {
+// account resolves X-Hermod-Account against what the user may use, and
+// tells whether the account has the custom-domain option.
+func (p *Pipeline) account(u *smtpd.User, requested string) (id string, customDomain bool, err error) {
 	if requested == "" {
 		if len(u.Accounts) == 1 && u.Accounts[0] != "*" {
 			requested = u.Accounts[0]
 		} else if len(u.Accounts) > 1 {
-			return "", reject(550, smtp.EnhancedCode{5, 7, 1}, "%s is required: user %s sends for several accounts", headerAccount, u.Name)
+			return "", false, reject(550, smtp.EnhancedCode{5, 7, 1}, "%s is required: user %s sends for several accounts", headerAccount, u.Name)
 		} else {
-			return "", nil // "*" and no header: platform identity, no account
+			return "", false, nil // "*" and no header: platform identity, no account
 		}
 	}
 	if !u.MayUse(requested) {
-		return "", reject(550, smtp.EnhancedCode{5, 7, 1}, "User %s may not send for account %q", u.Name, requested)
+		return "", false, reject(550, smtp.EnhancedCode{5, 7, 1}, "User %s may not send for account %q", u.Name, requested)
 	}
 	if p.opts.Accounts != nil {
-		if exists, _ := p.opts.Accounts.LookupAccount(requested); !exists {
-			return "", reject(550, smtp.EnhancedCode{5, 7, 1}, "Unknown account %q in %s: create it first (PUT /v1/accounts/%s)", requested, headerAccount, requested)
+		exists, option := p.opts.Accounts.LookupAccount(requested)
+		if !exists {
+			return "", false, reject(550, smtp.EnhancedCode{5, 7, 1}, "Unknown account %q in %s: create it first (PUT /v1/accounts/%s)", requested, headerAccount, requested)
 		}
+		customDomain = option
 	}
-	return requested, nil
+	return requested, customDomain, nil
 }
 
 // received builds the trace field (RFC 5321 4.4).
