@@ -12,6 +12,7 @@ import (
 	"crypto/rand"
 	"encoding/base32"
 	"encoding/binary"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -135,12 +136,12 @@ type Duration time.Duration
 // MarshalJSON writes the duration as fractional seconds.
 func (d Duration) MarshalJSON() ([]byte, error) {
 	return []byte(strings.TrimRight(strings.TrimRight(
-		formatFloat(time.Duration(d).Seconds()), "0"), ".")), nil
+		strconv.FormatFloat(time.Duration(d).Seconds(), 'f', 3, 64), "0"), ".")), nil
 }
 
 // UnmarshalJSON reads fractional seconds.
 func (d *Duration) UnmarshalJSON(b []byte) error {
-	f, err := parseFloat(string(b))
+	f, err := strconv.ParseFloat(string(b), 64)
 	if err != nil {
 		return err
 	}
