@@ -62,6 +62,7 @@ type Daemon struct {
 	// Metrics are served at /metrics on the API listener.
 	Metrics *metrics.Metrics
 
+	token     string // the API bearer token
 	apiSrv    *http.Server
 	listeners map[string]net.Listener
 
@@ -80,20 +81,25 @@ type Options struct {
 }
 
 // New opens the store and builds every part from cfg. Nothing listens yet.
-func New(cfg *config.Config, log *slog.Logger, o Options) (d *Daemon, err error) {
+func New(cfg *config.Config, log *slog.Logger, o Options) (_ *Daemon, err error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create data_dir %s: %w", cfg.DataDir, err)
 	}
-	d = &Daemon{cfg: cfg, log: log, listeners: map[string]net.Listener{}, Metrics: metrics.New()}
+	d := &Daemon{cfg: cfg, log: log, listeners: map[string]net.Listener{}, Metrics: metrics.New()}
 	m := d.Metrics
 	defer func() {
 		if err != nil {
 			d.closeStore()
 		}
 	}()
+	// Every secret exists before anything listens: a client that sees the
+	// API port open may read the token file at once.
+	if d.token, err = LoadOrCreateToken(cfg.DataPath(cfg.API.TokenFile)); err != nil {
+		return nil, fmt.Errorf("api.token_file: %w", err)
+	}
 
 	secret, err := verp.LoadOrCreateSecret(cfg.DataPath(cfg.Bounce.VERPSecretFile))
 	if err != nil {
@@ -222,14 +228,9 @@ func (d *Daemon) Start() error {
 		}
 		d.listeners[b.key] = l
 	}
-	token, err := LoadOrCreateToken(cfg.DataPath(cfg.API.TokenFile))
-	if err != nil {
-		d.closeListeners()
-		return fmt.Errorf("api.token_file: %w", err)
-	}
 	ctx, cancel := context.WithCancel(context.Background())
 	d.cancel = cancel
-	d.apiSrv = &http.Server{Handler: api.New(api.Options{Token: token, Queue: d.Store, Domains: d.Domains,
+	d.apiSrv = &http.Server{Handler: api.New(api.Options{Token: d.token, Queue: d.Store, Domains: d.Domains,
 		Suppress: d.Suppress, Mount: d.extraHandlers(), Logger: d.log}), ReadHeaderTimeout: 10 * time.Second}
 
 	d.goRun("runner", func() { d.Runner.Run(ctx) })

@@ -110,16 +110,11 @@ wait_until() {
 for t in go swaks /usr/sbin/smtp-sink; do
 	command -v "$t" >/dev/null || fatal "required tool $t is missing"
 done
-# A python3 that has dkimpy (-P: the repository's own dkim/ directory must not
-# shadow the module; cwd is the repository root).
-PY=
-for p in /usr/bin/python3 python3; do
-	if command -v "$p" >/dev/null && "$p" -P -c 'import dkim' 2>/dev/null; then
-		PY=$(command -v "$p")
-		break
-	fi
-done
-[ -n "$PY" ] || fatal "no python3 with the dkim module (apt-get install python3-dkim)"
+# Debian's python3 with dkimpy, exactly as scripts/deps.sh probes it (-P: the
+# repository's own dkim/ directory must not shadow the module; cwd is the
+# repository root).
+PY=/usr/bin/python3
+"$PY" -P -c 'import dkim' 2>/dev/null || fatal "no dkim module for /usr/bin/python3 -P (apt-get install python3-dkim)"
 
 # Five distinct free ports (TCP, and UDP too for the DNS server).
 read -r SINKPORT SUBPORT BOUNCEPORT APIPORT DNSPORT < <("$PY" -P -c '

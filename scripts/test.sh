@@ -1,30 +1,20 @@
 #!/usr/bin/env bash
 # Runs every hermod test: vet, the Go tests (race detector on), a short run of
 # each fuzz target, and the end-to-end script against real peers (swaks,
-# Postfix's smtp-sink, dkimpy). Installs the Debian packages it needs when
-# run as root on a machine that lacks them. `.ci/run` calls exactly this.
+# Postfix's smtp-sink, dkimpy). Installs the tools it needs (scripts/deps.sh)
+# when run as root on a machine that lacks them. `.ci/run` calls exactly this.
 #
 # Environment: FUZZTIME (default 5s per target), SKIP_E2E=1 to skip the
 # end-to-end script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-need=()
-command -v swaks >/dev/null || need+=(swaks)
-[ -x /usr/sbin/smtp-sink ] || need+=(postfix)
-python3 -c 'import dkim' 2>/dev/null || need+=(python3-dkim)
-if [ ${#need[@]} -gt 0 ]; then
-  if [ "$(id -u)" = 0 ]; then
-    echo "== installing ${need[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
-    apt-get update -qq
-    apt-get install -y -qq "${need[@]}" >/dev/null
-  else
-    echo "missing ${need[*]}: install them (apt-get install ${need[*]}) or run as root" >&2
-    exit 1
-  fi
-fi
+# Every outside tool the tests use is listed, probed exactly as the tests
+# use it, installed when missing and reported with its version
+# (scripts/deps.sh).
+. scripts/deps.sh
+echo "== tools"
+deps_ensure
 
 echo "== go vet"
 go vet ./...
@@ -33,6 +23,9 @@ if [ -n "$unformatted" ]; then
   echo "gofmt would change: $unformatted" >&2
   exit 1
 fi
+
+echo "== staticcheck"
+"$(go env GOPATH)/bin/staticcheck" ./...
 
 echo "== go test -race"
 go test -race -shuffle=on -count=1 -timeout 15m ./...
