@@ -31,7 +31,7 @@ var DefaultRetry = []time.Duration{
 	time.Hour, 2 * time.Hour, 4 * time.Hour,
 }
 
-// bounceReasons are the reasons suppress.expire_after may name (DESIGN.md
+// bounceReasons are the reasons suppress.expire_after may name (docs/design.md
 // "VERP and statuses", plus the non-bounce suppression sources).
 var bounceReasons = []string{
 	"user-unknown", "host-unknown", "not-accept", "mailbox-full", "suspended",

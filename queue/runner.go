@@ -28,7 +28,7 @@ type Result struct {
 	EnhancedCode string
 	// Text is the remote reply verbatim, or what went wrong locally.
 	Text string
-	// Reason is the bounce reason word (DESIGN.md) for failures.
+	// Reason is the bounce reason word (docs/design.md) for failures.
 	Reason string
 	// Source overrides the event source ("relay" by default).
 	Source string

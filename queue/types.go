@@ -17,7 +17,7 @@ import (
 	"time"
 )
 
-// Status is the state of one recipient of a message (DESIGN.md, "VERP and statuses").
+// Status is the state of one recipient of a message (docs/design.md, "VERP and statuses").
 type Status string
 
 // The recipient statuses.

@@ -15,6 +15,8 @@ cd "$(dirname "$0")/.."
 . scripts/deps.sh
 echo "== tools"
 deps_ensure
+# Tests that need one of these tools fail rather than skip when it is missing.
+export HERMOD_REQUIRE_TOOLS=1
 
 echo "== go vet"
 go vet ./...

@@ -1,4 +1,4 @@
-// Package sender implements hermod's sender rule (DESIGN.md "Sender rule"):
+// Package sender implements hermod's sender rule (docs/design.md "Sender rule"):
 // given the header of a submitted message and what the account is allowed
 // to use, it decides whether the mail goes out under the member's own
 // verified domain or under the platform identity, and rewrites From and
