@@ -112,6 +112,8 @@ type Queue struct {
 	// Retention is how long finished messages stay for status look-ups.
 	Retention     time.Duration `toml:"retention"`
 	PurgeInterval time.Duration `toml:"purge_interval"`
+	// Reserve is the free space (bytes) the spool keeps for itself.
+	Reserve int64 `toml:"reserve"`
 }
 
 // Suppress configures the suppression list.

@@ -296,7 +296,7 @@ func TestDefaults(t *testing.T) {
 		Retry:  []time.Duration{time.Minute, 5 * time.Minute, 15 * time.Minute, 30 * time.Minute, time.Hour, 2 * time.Hour, 4 * time.Hour},
 		MaxAge: 120 * time.Hour, ConnectTimeout: 30 * time.Second, CommandTimeout: 5 * time.Minute, DataTimeout: 10 * time.Minute,
 	}
-	want.Queue = Queue{Retention: 720 * time.Hour, PurgeInterval: time.Hour}
+	want.Queue = Queue{Retention: 720 * time.Hour, PurgeInterval: time.Hour, Reserve: 32 << 20}
 	want.Suppress = Suppress{Scope: "global", SoftBounceLimit: 5}
 	want.API.TokenFile = "api.token"
 	want.Log = Log{Format: "text", Level: "info"}

@@ -105,6 +105,7 @@ func (c *Config) applyDefaults() {
 
 	setD(&c.Queue.Retention, 720*time.Hour)
 	setD(&c.Queue.PurgeInterval, time.Hour)
+	setI64(&c.Queue.Reserve, 32<<20)
 
 	setS(&c.Suppress.Scope, "global")
 	setI(&c.Suppress.SoftBounceLimit, 5)
@@ -363,6 +364,7 @@ func (c *Config) validate(errs *errList) {
 	// Queue, suppression, API, log.
 	positiveD("queue.retention", c.Queue.Retention)
 	positiveD("queue.purge_interval", c.Queue.PurgeInterval)
+	positive("queue.reserve", c.Queue.Reserve)
 	oneOf("suppress.scope", c.Suppress.Scope, "global", "account")
 	positive("suppress.soft_bounce_limit", int64(c.Suppress.SoftBounceLimit))
 	reasons := make([]string, 0, len(c.Suppress.ExpireAfter))

@@ -15,14 +15,15 @@ import (
 	"github.com/hermod-mta/hermod/bounce"
 	"github.com/hermod-mta/hermod/queue"
 	"github.com/hermod-mta/hermod/smtpd"
-	"github.com/hermod-mta/hermod/suppress"
 )
 
 // bounceIntake applies what the bounce listener receives to the recipients
 // its VERP addresses name.
 type bounceIntake struct {
-	store    *queue.Store
-	suppress *suppress.List
+	store *queue.Store
+	// applied is the suppression list's follower of the event log: a bounce
+	// is answered once its suppression has taken effect.
+	applied *queue.Follower
 	// mailboxDir keeps mail for postmaster@ and abuse@ as files for a person to read.
 	mailboxDir string
 	now        func() time.Time
@@ -30,8 +31,8 @@ type bounceIntake struct {
 }
 
 func (b *bounceIntake) Known(id string, index int) bool {
-	m, err := b.store.Get(id)
-	return err == nil && index >= 0 && index < len(m.Recipients)
+	n, err := b.store.Recipients(id)
+	return err == nil && index >= 0 && index < n
 }
 
 func (b *bounceIntake) Receive(ctx context.Context, remote netip.Addr, mailFrom string, rcpts []smtpd.BounceRcpt, data []byte) error {
@@ -60,12 +61,12 @@ func (b *bounceIntake) Receive(ctx context.Context, remote netip.Addr, mailFrom 
 // report names recipients, one of them must be that recipient's address, so
 // that a report about someone else cannot change it.
 func (b *bounceIntake) apply(ctx context.Context, remote netip.Addr, rc smtpd.BounceRcpt, rep *bounce.Report) error {
-	m, err := b.store.Get(rc.MessageID)
+	id := rc.MessageID
+	want, err := b.store.Address(id, rc.Index)
 	if err != nil {
-		b.log.Info("bounce: message gone", "msgid", rc.MessageID, "client", remote)
+		b.log.Info("bounce: message gone", "msgid", id, "client", remote)
 		return nil
 	}
-	want := m.Recipients[rc.Index].Address
 	var match *bounce.Recipient
 	named := false
 	for i := range rep.Recipients {
@@ -80,7 +81,7 @@ func (b *bounceIntake) apply(ctx context.Context, remote netip.Addr, rc smtpd.Bo
 		}
 	}
 	if named && match == nil {
-		b.log.Warn("bounce: report names other recipients; ignored", "msgid", m.ID, "rcpt", want, "client", remote, "kind", rep.Kind)
+		b.log.Warn("bounce: report names other recipients; ignored", "msgid", id, "rcpt", want, "client", remote, "kind", rep.Kind)
 		return nil
 	}
 	if match == nil && len(rep.Recipients) > 0 {
@@ -107,22 +108,31 @@ func (b *bounceIntake) apply(ctx context.Context, remote netip.Addr, rc smtpd.Bo
 	case bounce.KindDelivered:
 		ev.Note = "delivery notice: " + ev.Text
 	case bounce.KindAutoReply:
-		b.log.Info("bounce: auto-reply ignored", "msgid", m.ID, "rcpt", want, "subject", rep.Subject)
+		b.log.Info("bounce: auto-reply ignored", "msgid", id, "rcpt", want, "subject", rep.Subject)
 		return nil
 	default:
 		ev.Note = "unrecognised message to the bounce address: " + rep.Subject
 		ev.Reason = ""
 	}
-	r, err := b.store.Apply(ctx, m.ID, rc.Index, ev)
+	rec, err := b.store.Apply(ctx, id, rc.Index, ev)
 	if errors.Is(err, queue.ErrNotApplicable) {
-		b.log.Info("bounce: not applied", "msgid", m.ID, "rcpt", want, "err", err)
+		b.log.Info("bounce: not applied", "msgid", id, "rcpt", want, "err", err)
 		return nil
 	}
 	if err != nil {
 		return err
 	}
-	b.log.Info("bounce", "msgid", m.ID, "rcpt", want, "kind", rep.Kind, "status", r.Status, "reason", ev.Reason,
+	b.log.Info("bounce", "msgid", id, "rcpt", want, "kind", rep.Kind, "status", rec.Status, "reason", ev.Reason,
 		"enhanced", ev.EnhancedCode, "client", remote)
+	if b.applied != nil {
+		// Answer once the suppression this may cause has taken effect, so
+		// that mail submitted after the 250 to this bounce sees it.
+		wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		if err := b.applied.WaitFor(wctx, rec.Seq); err != nil {
+			b.log.Warn("bounce: suppression not applied yet", "msgid", id, "seq", rec.Seq, "err", err)
+		}
+	}
 	return nil
 }
 

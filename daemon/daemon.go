@@ -20,8 +20,6 @@ import (
 	"sync"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
-
 	"github.com/hermod-mta/hermod/api"
 	"github.com/hermod-mta/hermod/bounce"
 	"github.com/hermod-mta/hermod/config"
@@ -56,6 +54,10 @@ type Daemon struct {
 	Submit   *smtpd.Server
 	Bounces  *smtpd.BounceServer
 	VERP     *verp.Codec
+	// suppressFollower and webhookFollower feed committed events to the
+	// suppression list and the webhook outbox.
+	suppressFollower *queue.Follower
+	webhookFollower  *queue.Follower
 	// PlatformSigner signs mail from the platform identity.
 	PlatformSigner *dkim.Signer
 
@@ -121,8 +123,8 @@ func New(cfg *config.Config, log *slog.Logger, o Options) (_ *Daemon, err error)
 	}
 	d.PlatformSigner = dkim.NewSigner(cfg.Sender.DKIMDomain, cfg.Sender.DKIMSelector, key)
 
-	hooks := &eventHooks{log: log, metrics: m}
-	d.Store, err = queue.Open(filepath.Join(cfg.DataDir, StoreFile), queue.Options{Now: o.Now, Logger: log, Hook: hooks.onEvent, NoSync: o.NoSync})
+	d.Store, err = queue.Open(filepath.Join(cfg.DataDir, StoreFile), queue.Options{Now: o.Now, Logger: log,
+		OnCommit: observeEvents(m), NoSync: o.NoSync, Reserve: cfg.Queue.Reserve})
 	if err != nil {
 		return nil, err
 	}
@@ -131,7 +133,6 @@ func New(cfg *config.Config, log *slog.Logger, o Options) (_ *Daemon, err error)
 	if err != nil {
 		return nil, fmt.Errorf("open suppression list: %w", err)
 	}
-	hooks.suppress = d.Suppress
 	endpoints, err := webhookEndpoints(cfg)
 	if err != nil {
 		return nil, err
@@ -140,7 +141,14 @@ func New(cfg *config.Config, log *slog.Logger, o Options) (_ *Daemon, err error)
 	if err != nil {
 		return nil, fmt.Errorf("webhook: %w", err)
 	}
-	hooks.webhooks = d.Webhooks
+	// What follows a status change is derived from the committed event log,
+	// each consumer recording its own progress with its own effects.
+	if d.suppressFollower, err = queue.NewFollower(d.Store, "suppression", &suppressionConsumer{list: d.Suppress}); err != nil {
+		return nil, fmt.Errorf("open suppression list: %w", err)
+	}
+	if d.webhookFollower, err = queue.NewFollower(d.Store, "webhooks", d.Webhooks); err != nil {
+		return nil, fmt.Errorf("webhook: %w", err)
+	}
 
 	d.Relay, err = relay.New(relay.Options{
 		Hostname: cfg.Relay.HELO, Resolvers: cfg.Relay.Resolvers, Port: cfg.Relay.Port, Routes: routes(cfg),
@@ -200,7 +208,7 @@ func New(cfg *config.Config, log *slog.Logger, o Options) (_ *Daemon, err error)
 	d.Bounces = smtpd.NewBounceServer(smtpd.BounceOptions{
 		Hostname: cfg.Hostname, BounceDomain: cfg.Bounce.Domain, ReturnPathLabel: cfg.Sender.ReturnPathLabel,
 		MaxMessageBytes: cfg.Bounce.MaxMessageBytes, MaxConnectionsPerIP: cfg.Bounce.MaxConnectionsPerIP,
-		IdleTimeout: cfg.Submission.IdleTimeout, VERP: d.VERP, Intake: &bounceIntake{store: d.Store, suppress: d.Suppress, log: log,
+		IdleTimeout: cfg.Submission.IdleTimeout, VERP: d.VERP, Intake: &bounceIntake{store: d.Store, applied: d.suppressFollower, log: log,
 			mailboxDir: filepath.Join(cfg.DataDir, "mailbox"), now: o.Now},
 		Logger: log, Now: o.Now,
 	})
@@ -237,16 +245,8 @@ func (d *Daemon) Start() error {
 	d.goRun("purge", func() { d.Store.RunPurge(ctx, cfg.Queue.Retention, cfg.Queue.PurgeInterval) })
 	d.goRun("domains", func() { d.Domains.Run(ctx) })
 	d.goRun("webhooks", func() { d.Webhooks.Run(ctx) })
-	d.goRun("webhook-notify", func() {
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-d.Store.EventsChanged():
-				d.Webhooks.Notify()
-			}
-		}
-	})
+	d.goRun("suppression-follower", func() { d.suppressFollower.Run(ctx) })
+	d.goRun("webhook-follower", func() { d.webhookFollower.Run(ctx) })
 	if l := d.listeners["submission.listen"]; l != nil {
 		d.goRun("submission", func() { d.serveErr("submission", d.Submit.Serve(l, false)) })
 	}
@@ -446,12 +446,23 @@ func (v suppressionsView) Suppressed(account, address string) (string, bool, err
 	return e.Reason, ok, nil
 }
 
-// eventHooks run inside the transaction that records each status change.
-type eventHooks struct {
-	suppress *suppress.List
-	webhooks *webhook.Outbox
-	metrics  *metrics.Metrics
-	log      *slog.Logger
+// suppressionConsumer turns committed status events into changes of the
+// suppression list (queue.Consumer).
+type suppressionConsumer struct{ list *suppress.List }
+
+// consumerName is the suppression list's cursor name for the local spool.
+const consumerName = "spool"
+
+func (c *suppressionConsumer) Cursor() (uint64, error) { return c.list.Cursor(consumerName) }
+
+func (c *suppressionConsumer) Consume(evs []queue.Event) error {
+	var changes []suppress.Change
+	for _, ev := range evs {
+		if ch, ok := suppressionChange(ev); ok {
+			changes = append(changes, ch)
+		}
+	}
+	return c.list.ApplyChanges(consumerName, evs[len(evs)-1].Seq, changes)
 }
 
 // softCounted are the soft reasons that say something about the recipient's
@@ -459,43 +470,22 @@ type eventHooks struct {
 // (blocked, rate-limited, policy, spam…) never count against the recipient.
 var softCounted = map[string]bool{string(bounce.ReasonMailboxFull): true, string(bounce.ReasonSuspended): true}
 
-func (h *eventHooks) onEvent(tx *bolt.Tx, m *queue.Message, ev *queue.Event) error {
-	if ev.Status == queue.StatusBounced && h.metrics != nil {
-		h.metrics.Bounces.WithLabelValues(ev.Reason, ev.Source).Inc()
-	}
-	if h.webhooks != nil {
-		if err := h.webhooks.EnqueueTx(tx, *ev); err != nil {
-			return err
-		}
-	}
-	if h.suppress == nil {
-		return nil
-	}
+// suppressionChange is what one status event does to the suppression list.
+func suppressionChange(ev queue.Event) (suppress.Change, bool) {
+	e := suppress.Entry{Address: ev.Recipient, Account: ev.Account, Reason: ev.Reason, Source: ev.Source,
+		MessageID: ev.MessageID, Detail: ev.Text, Created: ev.Time}
 	switch {
 	case ev.Status == queue.StatusSent && ev.Source == "relay":
-		return ignoreInvalid(h.suppress.RecordSuccessTx(tx, m.Account, ev.Recipient))
+		return suppress.Change{Kind: suppress.ChangeSuccess, Entry: e}, true
 	case ev.Source == "feedback":
-		_, err := h.suppress.AddTx(tx, suppress.Entry{Address: ev.Recipient, Account: m.Account, Reason: "complaint",
-			Source: "feedback", MessageID: m.ID, Detail: ev.Text})
-		return ignoreInvalid(err)
+		e.Reason, e.Source = "complaint", "feedback"
+		return suppress.Change{Kind: suppress.ChangeAdd, Entry: e}, true
 	case ev.Status == queue.StatusBounced && bounce.Reason(ev.Reason).Hard():
-		_, err := h.suppress.AddTx(tx, suppress.Entry{Address: ev.Recipient, Account: m.Account, Reason: ev.Reason,
-			Source: ev.Source, MessageID: m.ID, Detail: ev.Text})
-		return ignoreInvalid(err)
+		return suppress.Change{Kind: suppress.ChangeAdd, Entry: e}, true
 	case ev.Status == queue.StatusBounced && softCounted[ev.Reason]:
-		_, _, err := h.suppress.RecordSoftBounceTx(tx, m.Account, ev.Recipient, ev.Reason, m.ID, ev.Text)
-		return ignoreInvalid(err)
+		return suppress.Change{Kind: suppress.ChangeSoftBounce, Entry: e}, true
 	}
-	return nil
-}
-
-// ignoreInvalid drops the error of an address the suppression list cannot
-// key (an exotic address must not stop a status from being recorded).
-func ignoreInvalid(err error) error {
-	if errors.Is(err, suppress.ErrInvalidAddress) {
-		return nil
-	}
-	return err
+	return suppress.Change{}, false
 }
 
 // extraHandlers are mounted on the API listener behind its token.

@@ -16,6 +16,7 @@ func TestDiskFullAnswers452(t *testing.T) {
 	dir := testnet.Tmpfs(t, "8m")
 	sink := testnet.NewSink(t)
 	cfg := testConfig(t, dir, sink.Addr())
+	cfg.Queue.Reserve = 1 << 20
 	d := startDaemon(t, cfg)
 	addr := d.Addr("submission.listen")
 	msg := "From: a@customer.test\r\nSubject: x\r\n\r\nbody\r\n"

@@ -22,6 +22,18 @@ func observeAttempt(log *slog.Logger, m *metrics.Metrics) func(queue.Delivery, q
 	}
 }
 
+// observeEvents counts committed events (queue.Options.OnCommit): counted
+// once per committed event, never for a write that rolled back or ran again.
+func observeEvents(m *metrics.Metrics) func([]queue.Event) {
+	return func(evs []queue.Event) {
+		for _, ev := range evs {
+			if ev.Status == queue.StatusBounced {
+				m.Bounces.WithLabelValues(ev.Reason, ev.Source).Inc()
+			}
+		}
+	}
+}
+
 func dnsObserver(m *metrics.Metrics) func(string, time.Duration, error) {
 	return func(qtype string, took time.Duration, err error) {
 		kind := ""
@@ -48,6 +60,17 @@ func (d *Daemon) registerGauges() {
 					out[string(s)] = float64(counts[s])
 				}
 				return out
+			}},
+		metrics.Func{Desc: metrics.NewDesc("hermod_store_body_errors_total", "Stored bodies found damaged (size or checksum) before a delivery; each such delivery was deferred."),
+			Type: prometheus.CounterValue, Collect: func() map[string]float64 {
+				return single(float64(d.Store.BodyErrors()))
+			}},
+		metrics.Func{Desc: metrics.NewDesc("hermod_store_writable", "1 while the store accepts writes, 0 after a failed commit (deliveries paused)."),
+			Type: prometheus.GaugeValue, Collect: func() map[string]float64 {
+				if d.Store.Writable() {
+					return single(1)
+				}
+				return single(0)
 			}},
 		metrics.Func{Desc: metrics.NewDesc("hermod_store_commits_total", "Store write transactions committed (each one fsync)."),
 			Type: prometheus.CounterValue, Collect: func() map[string]float64 {

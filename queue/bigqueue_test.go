@@ -36,17 +36,19 @@ func TestBigQueue(t *testing.T) {
 		batch := min(perTx, n-done)
 		err := s.update(context.Background(), func(tx *bolt.Tx, st *txState) error {
 			for i := 0; i < batch; i++ {
-				m := &Message{ID: NewID(now.Add(time.Duration(done+i) * time.Microsecond)), MailFrom: "app@saas.test", Received: now, Size: len(body),
-					Recipients: []*Recipient{{Address: fmt.Sprintf("r%d@dest.test", done+i), EnvelopeFrom: "bounce-md_x@m.test"}}}
-				if err := tx.Bucket(bucketBodies).Put([]byte(m.ID), body); err != nil {
+				id := NewID(now.Add(time.Duration(done+i) * time.Microsecond))
+				m := &msgRecord{ID: id, MailFrom: "app@saas.test", Received: now, Size: len(body), Rcpts: 1}
+				if err := tx.Bucket(bucketBodies).Put([]byte(id), body); err != nil {
 					return err
 				}
-				r := m.Recipients[0]
-				r.Attempts = 1
-				if err := s.setStatus(tx, st, m, r, StatusDeferred, now.Add(time.Hour+time.Duration(i)*time.Millisecond)); err != nil {
+				r := &rcptRecord{Address: fmt.Sprintf("r%d@dest.test", done+i), EnvelopeFrom: "bounce-md_x@m.test", Attempts: 1}
+				if _, err := s.setStatus(tx, st, m, 0, r, StatusDeferred, now.Add(time.Hour+time.Duration(i)*time.Millisecond)); err != nil {
 					return err
 				}
-				if err := putMessage(tx, m); err != nil {
+				if err := putRcpt(tx, id, 0, r); err != nil {
+					return err
+				}
+				if err := putMsg(tx, m); err != nil {
 					return err
 				}
 			}
@@ -83,7 +85,7 @@ func TestBigQueue(t *testing.T) {
 	// Nothing is due for an hour: the scheduler must answer at once.
 	r := NewRunner(s, nil, RunnerOptions{})
 	start = time.Now()
-	nextDue, err := r.dispatch(context.Background())
+	nextDue, err := r.dispatch()
 	dispatchTook := time.Since(start)
 	if err != nil || !nextDue.After(now) {
 		t.Fatalf("dispatch: next %v err %v", nextDue, err)

@@ -53,7 +53,7 @@ func TestLargeBodyInFile(t *testing.T) {
 	cancel()
 	<-done
 
-	// An orphan (a crash between the file and the commit) is removed at open.
+	// An orphan (a crash between the file and the commit) is moved aside at open.
 	orphan := filepath.Join(dir, "bodies", NewID(time.Now()))
 	os.WriteFile(orphan, []byte("x"), 0o600)
 	s.Close()
@@ -63,7 +63,10 @@ func TestLargeBodyInFile(t *testing.T) {
 	}
 	defer s.Close()
 	if _, err := os.Stat(orphan); err == nil {
-		t.Error("orphan body file kept")
+		t.Error("orphan body file left among the bodies")
+	}
+	if _, err := os.Stat(filepath.Join(dir, "bodies", "orphans", filepath.Base(orphan))); err != nil {
+		t.Errorf("orphan body file not moved aside: %v", err)
 	}
 	if _, err := os.Stat(file); err != nil {
 		t.Errorf("body file of a stored message removed at open: %v", err)

@@ -13,10 +13,13 @@ import (
 
 // Delivery is one (message, recipient) handed to a Deliverer.
 type Delivery struct {
-	Message   *Message
+	// Message is the envelope (its Recipients and events are not loaded).
+	Message *Message
+	// Recipient is the recipient being delivered, without its events.
 	Recipient *Recipient
-	// Body is the complete message as it leaves (headers and body, CRLF).
-	Body []byte
+	// Body is the complete message as it leaves (headers and body, CRLF),
+	// already checked against its size and checksum.
+	Body *Body
 }
 
 // Result is the outcome of one delivery attempt.
@@ -44,6 +47,10 @@ type Deliverer interface {
 type RunnerOptions struct {
 	// Concurrency is the number of deliveries in progress at once (default 100).
 	Concurrency int
+	// PerDestination caps the deliveries in progress to one destination
+	// (recipient domain); 0 means no cap beyond Concurrency. A destination at
+	// its cap is passed over for the others, never waited on.
+	PerDestination int
 	// Retry lists the delays between attempts; the last one repeats.
 	Retry []time.Duration
 	// MaxAge is the queue lifetime: a recipient still failing temporarily
@@ -55,6 +62,10 @@ type RunnerOptions struct {
 	OnAttempt func(d Delivery, res Result, took time.Duration)
 }
 
+// maxSkipped bounds how many due entries of saturated destinations one
+// dispatch pass looks past before it waits for a delivery to finish.
+const maxSkipped = 10000
+
 // Runner schedules due deliveries from a Store.
 type Runner struct {
 	store *Store
@@ -63,12 +74,13 @@ type Runner struct {
 
 	mu       sync.Mutex
 	inflight map[string]struct{} // id + index
+	perDest  map[string]int      // deliveries in progress per destination
+	running  int
 	wg       sync.WaitGroup
-	sem      chan struct{}
 
 	// abortCtx is the context of deliveries: Abort cancels it, so that a
-	// stop can cut deliveries in progress short (they are recorded as
-	// deferred and retried after restart).
+	// stop can cut deliveries in progress short (they go back to due,
+	// without counting as an attempt).
 	abortCtx context.Context
 	abort    context.CancelFunc
 }
@@ -85,12 +97,13 @@ func NewRunner(s *Store, d Deliverer, opts RunnerOptions) *Runner {
 		opts.MaxAge = 5 * 24 * time.Hour
 	}
 	actx, abort := context.WithCancel(context.Background())
-	return &Runner{store: s, del: d, opts: opts, inflight: map[string]struct{}{}, sem: make(chan struct{}, opts.Concurrency),
+	return &Runner{store: s, del: d, opts: opts, inflight: map[string]struct{}{}, perDest: map[string]int{},
 		abortCtx: actx, abort: abort}
 }
 
-// Abort cuts the deliveries in progress short; Run returns once they are
-// recorded (as deferred).
+// Abort cuts the deliveries in progress short; Run returns once they have
+// ended. A delivery cut short is not recorded: it is still due, as after a
+// crash, and its attempt is not counted.
 func (r *Runner) Abort() { r.abort() }
 
 // SetRetry replaces the retry schedule and lifetime (config reload).
@@ -105,7 +118,8 @@ func (r *Runner) SetRetry(retry []time.Duration, maxAge time.Duration) {
 	}
 }
 
-// InFlight returns how many deliveries are in progress.
+// InFlight returns how many deliveries are in progress (including results
+// waiting for the store to take them).
 func (r *Runner) InFlight() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -113,18 +127,28 @@ func (r *Runner) InFlight() int {
 }
 
 // Run dispatches due work until ctx is cancelled, then waits for the
-// deliveries in progress to end (Abort cuts them short: a delivery cut short
-// is recorded as deferred and retried, so nothing is lost). Work that was in
-// flight when the process died is simply still due in the time index at the
-// next start.
+// deliveries in progress to end. Work that was in flight when the process
+// died is simply still due in the time index at the next start. While the
+// store cannot be written, nothing is dispatched: a result that could not be
+// recorded must never turn into another delivery.
 func (r *Runner) Run(ctx context.Context) error {
 	defer r.wg.Wait()
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	for {
-		next, err := r.dispatch(ctx)
-		if err != nil {
-			r.store.log.Error("queue: scan due index", "err", err)
+		var next time.Time
+		var err error
+		if r.store.Writable() {
+			next, err = r.dispatch()
+			if err != nil {
+				r.store.log.Error("queue: scan due index", "err", err)
+				next = r.store.now().Add(time.Second)
+			}
+		} else {
+			// Find out whether writes work again; the answer flips Writable.
+			if err := r.store.Probe(ctx); err != nil {
+				r.store.log.Warn("queue: store not writable; deliveries paused", "err", err)
+			}
 			next = r.store.now().Add(time.Second)
 		}
 		wait := next.Sub(r.store.now())
@@ -144,21 +168,27 @@ func (r *Runner) Run(ctx context.Context) error {
 	}
 }
 
+type dueItem struct {
+	id   string
+	idx  int
+	dest string
+}
+
 // dispatch starts every due delivery it has room for and returns when the
-// next not-yet-due entry falls due (zero if none). It reads the time index
-// from its start, so its cost is the number of due entries, not the queue size.
-func (r *Runner) dispatch(ctx context.Context) (time.Time, error) {
+// next not-yet-due entry falls due (zero: wait for a delivery to finish). It
+// reads the time index from its start, so its cost is the number of due
+// entries it looks at, not the queue size.
+func (r *Runner) dispatch() (time.Time, error) {
 	now := r.store.now()
-	type item struct {
-		id  string
-		idx int
-	}
-	var due []item
+	var due []dueItem
 	var next time.Time
-	free := cap(r.sem) - len(r.sem)
 	err := r.store.db.View(func(tx *bolt.Tx) error {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		free := r.opts.Concurrency - r.running
+		skipped := 0
 		c := tx.Bucket(bucketDue).Cursor()
-		for k, _ := c.First(); k != nil; k, _ = c.Next() {
+		for k, v := c.First(); k != nil && free > 0; k, v = c.Next() {
 			t, id, idx, ok := parseDueKey(k)
 			if !ok {
 				continue
@@ -167,113 +197,117 @@ func (r *Runner) dispatch(ctx context.Context) (time.Time, error) {
 				next = t
 				return nil
 			}
-			if len(due) >= free {
-				// More due work than room: a finishing delivery wakes
-				// the loop; polling now would only spin.
-				next = time.Time{}
-				return nil
+			key := inflightKey(id, idx)
+			if _, busy := r.inflight[key]; busy {
+				continue
 			}
-			r.mu.Lock()
-			_, busy := r.inflight[inflightKey(id, idx)]
-			r.mu.Unlock()
-			if !busy {
-				due = append(due, item{id, idx})
+			dest := string(v)
+			if r.opts.PerDestination > 0 && r.perDest[dest] >= r.opts.PerDestination {
+				if skipped++; skipped > maxSkipped {
+					return nil
+				}
+				continue
 			}
+			r.inflight[key] = struct{}{}
+			r.perDest[dest]++
+			r.running++
+			free--
+			due = append(due, dueItem{id, idx, dest})
 		}
 		return nil
 	})
 	if err != nil {
+		r.mu.Lock()
+		for _, it := range due {
+			r.release(it)
+		}
+		r.mu.Unlock()
 		return time.Time{}, err
 	}
 	for _, it := range due {
-		key := inflightKey(it.id, it.idx)
-		r.mu.Lock()
-		r.inflight[key] = struct{}{}
-		r.mu.Unlock()
-		select {
-		case r.sem <- struct{}{}:
-		case <-ctx.Done():
-			r.mu.Lock()
-			delete(r.inflight, key)
-			r.mu.Unlock()
-			return next, nil
-		}
 		r.wg.Add(1)
 		go func() {
 			defer r.wg.Done()
-			defer func() {
-				<-r.sem
-				r.mu.Lock()
-				delete(r.inflight, key)
-				r.mu.Unlock()
-				r.store.wake()
-			}()
-			r.attempt(r.abortCtx, it.id, it.idx)
+			r.attempt(r.abortCtx, it)
+			r.mu.Lock()
+			r.release(it)
+			r.mu.Unlock()
+			r.store.wake()
 		}()
 	}
 	return next, nil
 }
 
-func inflightKey(id string, idx int) string { return fmt.Sprintf("%s/%d", id, idx) }
-
-// attempt delivers one recipient and records the result.
-func (r *Runner) attempt(ctx context.Context, id string, idx int) {
-	var d Delivery
-	var bodyErr error
-	err := r.store.db.View(func(tx *bolt.Tx) error {
-		m, err := getMessage(tx, id)
-		if err != nil {
-			return err
-		}
-		if idx >= len(m.Recipients) || !m.Recipients[idx].Status.Pending() {
-			return fmt.Errorf("recipient %d of %s is not pending", idx, id)
-		}
-		d = Delivery{Message: m, Recipient: m.Recipients[idx]}
-		d.Body, bodyErr = r.store.readBody(tx, id)
-		return nil
-	})
-	if err == nil && bodyErr != nil {
-		// The message is there but its body cannot be read (a body file
-		// gone or unreadable): retry later like any temporary failure, and
-		// say why, rather than spin on it.
-		r.store.log.Error("queue: read body", "msgid", id, "err", bodyErr)
-		res := Result{Status: StatusDeferred, Text: "local error: " + bodyErr.Error(), Reason: "system", Source: "queue"}
-		if err := r.store.record(context.Background(), id, idx, res, r.schedule); err != nil {
-			r.store.log.Error("queue: record result", "msgid", id, "rcpt_index", idx, "err", err)
-		}
-		return
+// release gives back the slots of a finished delivery; r.mu is held.
+func (r *Runner) release(it dueItem) {
+	delete(r.inflight, inflightKey(it.id, it.idx))
+	if r.perDest[it.dest]--; r.perDest[it.dest] <= 0 {
+		delete(r.perDest, it.dest)
 	}
-	if err != nil {
-		// The due entry is stale (message deleted meanwhile): drop it.
-		r.store.log.Debug("queue: skip due entry", "msgid", id, "rcpt_index", idx, "err", err)
-		_ = r.store.update(context.Background(), func(tx *bolt.Tx, st *txState) error {
-			return dropStaleDue(tx, id, idx)
-		})
-		return
-	}
-	start := time.Now()
-	res := r.del.Deliver(ctx, d)
-	if ctx.Err() != nil && res.Status != StatusSent && res.Status != StatusBounced {
-		res = Result{Status: StatusDeferred, Text: "delivery interrupted by shutdown", Reason: "system", Source: "relay"}
-	}
-	if err := r.store.record(context.Background(), id, idx, res, r.schedule); err != nil {
-		r.store.log.Error("queue: record result", "msgid", id, "rcpt_index", idx, "err", err)
-	}
-	if r.opts.OnAttempt != nil {
-		r.opts.OnAttempt(d, res, time.Since(start))
-	}
+	r.running--
 }
 
+func inflightKey(id string, idx int) string { return fmt.Sprintf("%s/%d", id, idx) }
+
+// load reads what one attempt needs: the envelope and the recipient. It
+// returns ok false when the due entry is stale (message deleted, recipient
+// no longer pending), after removing that entry.
+func (r *Runner) load(it dueItem) (d Delivery, ok bool) {
+	var stale bool
+	err := r.store.db.View(func(tx *bolt.Tx) error {
+		mr, err := getMsg(tx, it.id)
+		if err != nil {
+			stale = errors.Is(err, ErrNotFound)
+			return err
+		}
+		rc, err := getRcpt(tx, it.id, it.idx)
+		if err != nil {
+			stale = errors.Is(err, ErrNotFound)
+			return err
+		}
+		if !rc.Status.Pending() {
+			stale = true
+			return nil
+		}
+		d.Message = &Message{ID: mr.ID, Account: mr.Account, User: mr.User, Ref: mr.Ref, Kind: mr.Kind,
+			MailFrom: mr.MailFrom, HeaderFrom: mr.HeaderFrom, From: mr.From, MessageIDHeader: mr.MessageIDHeader,
+			SigningDomain: mr.SigningDomain, Received: mr.Received, Size: mr.Size}
+		d.Recipient = &Recipient{Index: it.idx, Address: rc.Address, EnvelopeFrom: rc.EnvelopeFrom, Status: rc.Status,
+			Reason: rc.Reason, Attempts: rc.Attempts, NextAttempt: rc.NextAttempt}
+		return nil
+	})
+	if stale {
+		r.store.log.Debug("queue: skip stale due entry", "msgid", it.id, "rcpt_index", it.idx, "err", err)
+		_ = r.store.update(context.Background(), func(tx *bolt.Tx, st *txState) error {
+			return dropStaleDue(tx, it.id, it.idx)
+		})
+		return d, false
+	}
+	if err != nil {
+		r.store.log.Error("queue: read delivery", "msgid", it.id, "rcpt_index", it.idx, "err", err)
+		return d, false
+	}
+	return d, true
+}
+
+// dropStaleDue removes the due entries of a recipient that is not pending
+// (or no longer exists), looking only at that recipient's own keys.
 func dropStaleDue(tx *bolt.Tx, id string, idx int) error {
-	m, err := getMessage(tx, id)
-	c := tx.Bucket(bucketDue).Cursor()
+	rc, err := getRcpt(tx, id, idx)
+	if err == nil && rc.Status.Pending() {
+		return nil // pending after all: its entry is right
+	}
+	if err == nil && !rc.NextAttempt.IsZero() {
+		return tx.Bucket(bucketDue).Delete(dueKey(rc.NextAttempt, id, idx))
+	}
+	// The recipient is gone: its entry can only be found by scanning; such
+	// entries are rare (a crash between writes cannot leave them, since
+	// writes are transactions), so scan the due index once.
 	var stale [][]byte
+	c := tx.Bucket(bucketDue).Cursor()
 	for k, _ := c.First(); k != nil; k, _ = c.Next() {
-		_, kid, kidx, ok := parseDueKey(k)
-		if ok && kid == id && kidx == idx {
-			if err != nil || idx >= len(m.Recipients) || !m.Recipients[idx].Status.Pending() {
-				stale = append(stale, append([]byte(nil), k...))
-			}
+		if _, kid, kidx, ok := parseDueKey(k); ok && kid == id && kidx == idx {
+			stale = append(stale, append([]byte(nil), k...))
 		}
 	}
 	for _, k := range stale {
@@ -284,50 +318,109 @@ func dropStaleDue(tx *bolt.Tx, id string, idx int) error {
 	return nil
 }
 
-// schedule turns a temporary failure into the next due time, or into an
-// expiry bounce once the queue lifetime is over.
-func (r *Runner) schedule(m *Message, rc *Recipient, now time.Time) (time.Time, bool) {
+// attempt delivers one recipient and records the result.
+func (r *Runner) attempt(ctx context.Context, it dueItem) {
+	d, ok := r.load(it)
+	if !ok {
+		return
+	}
+	start := time.Now()
+	body, err := r.store.OpenBody(it.id)
+	var res Result
+	if err != nil {
+		// The body cannot be read or is not what was accepted: it never
+		// reaches a remote server. Retry later like any temporary failure
+		// (a restored file heals it), and say why.
+		res = Result{Status: StatusDeferred, Text: "local error: " + err.Error(), Reason: "system", Source: "queue"}
+	} else {
+		d.Body = body
+		res = r.del.Deliver(ctx, d)
+		body.Close()
+		if ctx.Err() != nil && res.Status != StatusSent && res.Status != StatusBounced {
+			// Cut short by a stop: not an attempt. The due entry is still
+			// there, so the next start delivers it again at once.
+			r.store.log.Info("queue: delivery interrupted by shutdown; still due", "msgid", it.id, "rcpt_index", it.idx)
+			return
+		}
+	}
+	r.recordDurably(it, res)
+	if r.opts.OnAttempt != nil {
+		r.opts.OnAttempt(d, res, time.Since(start))
+	}
+}
+
+// recordDurably records res and keeps trying while the store cannot take
+// it: until then the recipient stays in flight, so it is not delivered
+// again. If the store closes first the result is lost as in a crash, and
+// the recipient is delivered again after the restart.
+func (r *Runner) recordDurably(it dueItem, res Result) {
+	backoff := 50 * time.Millisecond
+	for {
+		err := r.store.record(context.Background(), it.id, it.idx, res, r.schedule(rand.Float64()))
+		if err == nil {
+			return
+		}
+		if !errors.Is(err, ErrStorage) {
+			r.store.log.Error("queue: record result", "msgid", it.id, "rcpt_index", it.idx, "err", err)
+			return
+		}
+		r.store.log.Warn("queue: cannot record a result yet; keeping it", "msgid", it.id, "rcpt_index", it.idx,
+			"status", res.Status, "err", err)
+		select {
+		case <-r.store.stop:
+			r.store.log.Error("queue: store closed before a result could be recorded; the recipient will be delivered again",
+				"msgid", it.id, "rcpt_index", it.idx, "status", res.Status)
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}
+
+// scheduleFunc turns a temporary failure into the next due time, or reports
+// that the queue lifetime is over.
+type scheduleFunc func(received time.Time, attempts int, now time.Time) (time.Time, bool)
+
+// schedule returns the retry rule with its random jitter drawn once, so
+// that running the transaction again computes the same time.
+func (r *Runner) schedule(jitterDraw float64) scheduleFunc {
 	r.mu.Lock()
 	retry, maxAge, jitter := r.opts.Retry, r.opts.MaxAge, r.opts.Jitter
 	r.mu.Unlock()
-	if now.Sub(m.Received) >= maxAge {
-		return time.Time{}, false
+	return func(received time.Time, attempts int, now time.Time) (time.Time, bool) {
+		if now.Sub(received) >= maxAge {
+			return time.Time{}, false
+		}
+		i := min(max(attempts-1, 0), len(retry)-1)
+		delay := retry[i]
+		if jitter > 0 {
+			delay += time.Duration(jitterDraw * jitter * float64(delay))
+		}
+		next := now.Add(delay)
+		if end := received.Add(maxAge); next.After(end) {
+			next = end // one last attempt at the end of the lifetime
+		}
+		return next, true
 	}
-	i := rc.Attempts - 1
-	if i < 0 {
-		i = 0
-	}
-	if i >= len(retry) {
-		i = len(retry) - 1
-	}
-	delay := retry[i]
-	if jitter > 0 {
-		delay += time.Duration(rand.Float64() * jitter * float64(delay))
-	}
-	next := now.Add(delay)
-	if end := m.Received.Add(maxAge); next.After(end) {
-		next = end // one last attempt at the end of the lifetime
-	}
-	return next, true
 }
 
 // record stores the result of an attempt on recipient idx of message id.
-func (s *Store) record(ctx context.Context, id string, idx int, res Result, schedule func(*Message, *Recipient, time.Time) (time.Time, bool)) error {
+func (s *Store) record(ctx context.Context, id string, idx int, res Result, schedule scheduleFunc) error {
+	now := s.now()
 	return s.update(ctx, func(tx *bolt.Tx, st *txState) error {
-		m, err := getMessage(tx, id)
+		m, err := getMsg(tx, id)
 		if errors.Is(err, ErrNotFound) {
 			return nil // deleted by an admin while in flight
 		} else if err != nil {
 			return err
 		}
-		if idx < 0 || idx >= len(m.Recipients) {
-			return fmt.Errorf("queue: message %s has no recipient %d", id, idx)
+		rc, err := getRcpt(tx, id, idx)
+		if err != nil {
+			return err
 		}
-		rc := m.Recipients[idx]
 		if !rc.Status.Pending() {
-			return nil // deleted or finished meanwhile (admin action)
+			return nil // finished meanwhile (a DSN, an admin action)
 		}
-		now := s.now()
 		rc.Attempts++
 		ev := Event{Time: now, Status: res.Status, Host: res.Host, Code: res.Code, EnhancedCode: res.EnhancedCode,
 			Text: res.Text, Reason: res.Reason, Source: res.Source, Attempt: rc.Attempts}
@@ -338,8 +431,7 @@ func (s *Store) record(ctx context.Context, id string, idx int, res Result, sche
 		switch res.Status {
 		case StatusDeferred:
 			var ok bool
-			next, ok = schedule(m, rc, now)
-			if !ok {
+			if next, ok = schedule(m.Received, rc.Attempts, now); !ok {
 				ev.Status = StatusBounced
 				ev.Reason = "expired"
 				ev.Note = fmt.Sprintf("queue lifetime exceeded after %d attempts; last reply: %s", rc.Attempts, res.Text)
@@ -353,12 +445,19 @@ func (s *Store) record(ctx context.Context, id string, idx int, res Result, sche
 		} else {
 			rc.Reason = ev.Reason
 		}
-		if err := s.setStatus(tx, st, m, rc, ev.Status, next); err != nil {
+		msgChanged, err := s.setStatus(tx, st, m, idx, rc, ev.Status, next)
+		if err != nil {
 			return err
 		}
-		if err := s.appendEvent(tx, st, m, rc, ev); err != nil {
+		if _, err := s.appendEvent(tx, st, m, idx, rc, ev); err != nil {
 			return err
 		}
-		return putMessage(tx, m)
+		if err := putRcpt(tx, id, idx, rc); err != nil {
+			return err
+		}
+		if msgChanged {
+			return putMsg(tx, m)
+		}
+		return nil
 	})
 }

@@ -1,10 +1,8 @@
 package queue
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -15,28 +13,20 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
-	bolterrors "go.etcd.io/bbolt/errors"
-)
-
-// Bucket names. Other packages (suppress, domain, webhooks) keep their own
-// buckets in the same file through Store.DB.
-var (
-	bucketMessages = []byte("messages") // id → Message JSON
-	bucketBodies   = []byte("bodies")   // id → message bytes
-	bucketDue      = []byte("due")      // dueKey(time, id, index) → nil
-	bucketFinished = []byte("finished") // time(8) + id → nil, for retention purge
-	bucketEvents   = []byte("events")   // seq(8) → Event JSON
-	bucketRefs     = []byte("refs")     // ref + 0 + id → nil
-	bucketRcpts    = []byte("rcpts")    // lower(address) + 0 + id → nil
-	bucketCounts   = []byte("counts")   // status → uint64 recipients
 )
 
 // ErrNotFound is returned for an unknown message id.
 var ErrNotFound = errors.New("queue: no such message")
 
 // ErrStorage wraps failures to commit to disk (disk full, read-only file
-// system): the submission must be answered 452 4.3.1 and retried later.
+// system, store closed): a submission must be answered 452 4.3.1 and tried
+// again later.
 var ErrStorage = errors.New("queue: storage unavailable")
+
+// ErrRefused is returned by Open when the data directory is in a state
+// hermod will not guess about (in use, damaged, inconsistent). Its text says
+// what is wrong and what to do.
+var ErrRefused = errors.New("queue: refusing to open the store")
 
 // Options configures a Store.
 type Options struct {
@@ -44,10 +34,10 @@ type Options struct {
 	Now func() time.Time
 	// Logger receives one line per mail event; nil discards.
 	Logger *slog.Logger
-	// Hook, when set, runs inside the transaction that records each event,
-	// so that work derived from it (suppression, webhook outbox) commits
-	// atomically with it. An error aborts that write.
-	Hook func(tx *bolt.Tx, m *Message, ev *Event) error
+	// OnCommit, when set, is told the events of every committed batch, in
+	// commit order, after the commit is durable (metrics, logs). It is never
+	// told about writes that rolled back.
+	OnCommit func(events []Event)
 	// NoSync turns off fsync (benchmarks of CPU cost only; never in production).
 	NoSync bool
 	// BodyDir keeps bodies of LargeBody bytes or more as files ("" means
@@ -55,14 +45,25 @@ type Options struct {
 	// a negative value keeps every body in the store.
 	BodyDir   string
 	LargeBody int
+	// Reserve is the free space (bytes) the spool keeps for itself on its
+	// file system: new mail is refused (ErrStorage) once less is free, and a
+	// reserve file of this size is released when the disk fills anyway, so
+	// that outcomes can still be recorded and finished mail deleted. 0 means
+	// DefaultReserve; negative turns it off.
+	Reserve int64
 }
 
-// Store is the bbolt-backed queue. It is safe for concurrent use.
+// DefaultReserve is the default free-space reserve.
+const DefaultReserve = 32 << 20
+
+// Store is the bbolt-backed spool. It is safe for concurrent use.
 type Store struct {
 	db   *bolt.DB
 	opts Options
 	log  *slog.Logger
 	now  func() time.Time
+	dir  string
+	lock *os.File
 
 	commits chan *commitReq
 	stop    chan struct{}
@@ -70,31 +71,29 @@ type Store struct {
 
 	commitCount atomic.Uint64 // transactions committed (each is an fsync)
 	commitItems atomic.Uint64 // writes carried by them
+	bodyErrors  atomic.Uint64 // bodies found damaged before delivery
+	unwritable  atomic.Bool   // the last commit failed for lack of storage
+
+	space *reserve
 
 	mu       sync.Mutex
 	eventsCh chan struct{} // closed and replaced when events are appended
 	wakeCh   chan struct{} // buffered 1: new due work
 	counts   map[Status]int64
 	batchObs func(n int)
+	floors   []func() uint64 // KeepEventsAfter
 }
 
-// Open opens (creating if needed) the store file at path. The directory is
-// created with mode 0700.
+// Open opens (creating if needed) the store file at path; its directory is
+// created with mode 0700 and locked for this process. It refuses, with an
+// error wrapping ErrRefused that says what to do, a directory that another
+// process holds, a store file that is empty, truncated or damaged, and a new
+// store beside body files that a lost store referred to. A store written by
+// hermod v0 is migrated (and the migration logged).
 func Open(path string, opts Options) (*Store, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("queue: create data dir: %w", err)
-	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{
-		Timeout:        2 * time.Second,
-		NoFreelistSync: false,
-		FreelistType:   bolt.FreelistMapType,
-		NoSync:         opts.NoSync,
-	})
-	if err != nil {
-		if errors.Is(err, bolterrors.ErrTimeout) {
-			return nil, fmt.Errorf("queue: open %s: the file is locked by another process (is hermod already running?)", path)
-		}
-		return nil, fmt.Errorf("queue: open %s: %w", path, err)
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
@@ -103,16 +102,24 @@ func Open(path string, opts Options) (*Store, error) {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	if opts.BodyDir == "" {
-		opts.BodyDir = filepath.Join(filepath.Dir(path), "bodies")
+		opts.BodyDir = filepath.Join(dir, "bodies")
 	}
 	if opts.LargeBody == 0 {
 		opts.LargeBody = DefaultLargeBody
 	}
+	if opts.Reserve == 0 {
+		opts.Reserve = DefaultReserve
+	}
+	lock, err := lockDir(dir)
+	if err != nil {
+		return nil, err
+	}
 	s := &Store{
-		db:       db,
 		opts:     opts,
 		log:      opts.Logger,
 		now:      opts.Now,
+		dir:      dir,
+		lock:     lock,
 		commits:  make(chan *commitReq, 1024),
 		stop:     make(chan struct{}),
 		stopped:  make(chan struct{}),
@@ -120,11 +127,79 @@ func Open(path string, opts Options) (*Store, error) {
 		wakeCh:   make(chan struct{}, 1),
 		counts:   map[Status]int64{},
 	}
-	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketMessages, bucketBodies, bucketDue, bucketFinished, bucketEvents, bucketRefs, bucketRcpts, bucketCounts} {
-			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
-				return err
+	if err := s.open(path); err != nil {
+		lock.Close()
+		return nil, err
+	}
+	go s.committer()
+	return s, nil
+}
+
+func (s *Store) open(path string) error {
+	fresh, err := checkStoreFile(path, s.opts.BodyDir)
+	if err != nil {
+		return err
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{
+		Timeout:      2 * time.Second,
+		FreelistType: bolt.FreelistMapType,
+		NoSync:       s.opts.NoSync,
+	})
+	if err != nil {
+		return fmt.Errorf("%w: %s cannot be opened (%v): it may be damaged; run `hermod store check` and restore it from a backup if it fails", ErrRefused, path, err)
+	}
+	s.db = db
+	if err := s.initialise(fresh); err != nil {
+		db.Close()
+		return err
+	}
+	if err := s.moveOrphans(); err != nil {
+		db.Close()
+		return err
+	}
+	if s.space, err = newReserve(s.dir, s.opts.Reserve, s.log); err != nil {
+		db.Close()
+		return err
+	}
+	return nil
+}
+
+// initialise creates the buckets of a new store, migrates a v0 store, and
+// loads the counters.
+func (s *Store) initialise(fresh bool) error {
+	var v0 bool
+	err := s.db.View(func(tx *bolt.Tx) error {
+		v0 = tx.Bucket([]byte("messages")) != nil
+		if meta := tx.Bucket(bucketMeta); meta != nil && !v0 {
+			if v := string(meta.Get([]byte("schema"))); v != schemaVersion {
+				return fmt.Errorf("%w: the store has schema %q; this hermod reads schema %s (a newer hermod wrote it?)", ErrRefused, v, schemaVersion)
 			}
+		} else if !fresh && !v0 && tx.Bucket(bucketEvents) == nil {
+			// Neither ours nor v0: not a hermod store.
+			empty := true
+			_ = tx.ForEach(func([]byte, *bolt.Bucket) error { empty = false; return nil })
+			if !empty {
+				return fmt.Errorf("%w: %s is a bbolt file but not a hermod store", ErrRefused, s.db.Path())
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if v0 {
+		if err := s.migrateV0(); err != nil {
+			return err
+		}
+	}
+	return s.db.Update(func(tx *bolt.Tx) error {
+		for _, b := range spoolBuckets {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return fmt.Errorf("queue: initialise %s: %w", s.db.Path(), err)
+			}
+		}
+		if err := tx.Bucket(bucketMeta).Put([]byte("schema"), []byte(schemaVersion)); err != nil {
+			return err
 		}
 		return tx.Bucket(bucketCounts).ForEach(func(k, v []byte) error {
 			if len(v) == 8 {
@@ -133,27 +208,30 @@ func Open(path string, opts Options) (*Store, error) {
 			return nil
 		})
 	})
-	if err != nil {
-		db.Close()
-		return nil, fmt.Errorf("queue: initialise %s: %w", path, err)
-	}
-	if err := s.removeOrphans(); err != nil {
-		db.Close()
-		return nil, err
-	}
-	go s.committer()
-	return s, nil
 }
 
-// DB returns the underlying bbolt database, for packages that keep their own
-// buckets in the same file. Writes through it bypass group commit.
+// DB returns the underlying bbolt database, for the local control data
+// (suppressions, accounts and domains, the webhook outbox), which keeps its
+// own buckets in the same file under its own transactions. The spool never
+// calls into them inside its transactions, and they never touch its buckets.
 func (s *Store) DB() *bolt.DB { return s.db }
 
-// Close stops the committer and closes the file. Pending commits finish first.
+// Close stops the committer and closes the file. Writes already handed to
+// the committer finish first; later ones fail with ErrStorage.
 func (s *Store) Close() error {
+	s.mu.Lock()
+	select {
+	case <-s.stop:
+		s.mu.Unlock()
+		return nil
+	default:
+	}
 	close(s.stop)
+	s.mu.Unlock()
 	<-s.stopped
-	return s.db.Close()
+	err := s.db.Close()
+	s.lock.Close()
+	return err
 }
 
 // Commits returns how many write transactions (fsyncs) the store has
@@ -161,6 +239,14 @@ func (s *Store) Close() error {
 func (s *Store) Commits() (txs, writes uint64) {
 	return s.commitCount.Load(), s.commitItems.Load()
 }
+
+// BodyErrors returns how many times a body was found damaged (wrong size or
+// checksum) before a delivery; each such delivery was deferred instead.
+func (s *Store) BodyErrors() uint64 { return s.bodyErrors.Load() }
+
+// Writable reports whether the last commit succeeded. While it is false the
+// Runner starts no delivery.
+func (s *Store) Writable() bool { return !s.unwritable.Load() }
 
 // ObserveBatches registers f to be told the size of every committed batch (metrics).
 func (s *Store) ObserveBatches(f func(n int)) {
@@ -194,271 +280,11 @@ func (s *Store) wake() {
 	}
 }
 
-// txState collects what one write transaction changed, applied to the
-// in-memory view once the commit is durable.
-type txState struct {
-	store  *Store
-	counts map[Status]int64
-	events int
-	due    bool
-	// removeFiles are body files to delete once the transaction commits.
-	removeFiles []string
-}
-
-func (st *txState) count(status Status, delta int64) {
-	if st.counts == nil {
-		st.counts = map[Status]int64{}
-	}
-	st.counts[status] += delta
-}
-
-func dueKey(t time.Time, id string, idx int) []byte {
-	k := make([]byte, 8+len(id)+2)
-	binary.BigEndian.PutUint64(k, uint64(t.UnixNano()))
-	copy(k[8:], id)
-	binary.BigEndian.PutUint16(k[8+len(id):], uint16(idx))
-	return k
-}
-
-func parseDueKey(k []byte) (t time.Time, id string, idx int, ok bool) {
-	if len(k) != 8+16+2 {
-		return time.Time{}, "", 0, false
-	}
-	return time.Unix(0, int64(binary.BigEndian.Uint64(k))), string(k[8:24]), int(binary.BigEndian.Uint16(k[24:])), true
-}
-
-func finishedKey(t time.Time, id string) []byte {
-	k := make([]byte, 8+len(id))
-	binary.BigEndian.PutUint64(k, uint64(t.UnixNano()))
-	copy(k[8:], id)
-	return k
-}
-
-func indexKey(prefix, id string) []byte {
-	k := make([]byte, 0, len(prefix)+1+len(id))
-	k = append(k, prefix...)
-	k = append(k, 0)
-	return append(k, id...)
-}
-
-func getMessage(tx *bolt.Tx, id string) (*Message, error) {
-	v := tx.Bucket(bucketMessages).Get([]byte(id))
-	if v == nil {
-		return nil, fmt.Errorf("%w: %s", ErrNotFound, id)
-	}
-	m := new(Message)
-	if err := json.Unmarshal(v, m); err != nil {
-		return nil, fmt.Errorf("queue: decode message %s: %w", id, err)
-	}
-	return m, nil
-}
-
-func putMessage(tx *bolt.Tx, m *Message) error {
-	v, err := json.Marshal(m)
-	if err != nil {
-		return fmt.Errorf("queue: encode message %s: %w", m.ID, err)
-	}
-	return tx.Bucket(bucketMessages).Put([]byte(m.ID), v)
-}
-
-// appendEvent stamps ev with the next sequence number, stores it in the log
-// and on the recipient, and runs the hook.
-func (s *Store) appendEvent(tx *bolt.Tx, st *txState, m *Message, r *Recipient, ev Event) error {
-	b := tx.Bucket(bucketEvents)
-	seq, err := b.NextSequence()
-	if err != nil {
-		return err
-	}
-	ev.Seq = seq
-	ev.MessageID = m.ID
-	ev.Index = r.Index
-	ev.Recipient = r.Address
-	ev.Account = m.Account
-	ev.Ref = m.Ref
-	if ev.Time.IsZero() {
-		ev.Time = s.now()
-	}
-	ev.Delay = Duration(ev.Time.Sub(m.Received))
-	if s.opts.Hook != nil {
-		if err := s.opts.Hook(tx, m, &ev); err != nil {
-			return fmt.Errorf("queue: event hook: %w", err)
-		}
-	}
-	v, err := json.Marshal(&ev)
-	if err != nil {
-		return err
-	}
-	var k [8]byte
-	binary.BigEndian.PutUint64(k[:], seq)
-	if err := b.Put(k[:], v); err != nil {
-		return err
-	}
-	r.Events = append(r.Events, ev)
-	last := ev
-	r.Last = &last
-	st.events++
-	return nil
-}
-
-// setStatus moves recipient r to status and keeps the counters, due index and
-// finished index in step. next is the due time for pending statuses.
-func (s *Store) setStatus(tx *bolt.Tx, st *txState, m *Message, r *Recipient, status Status, next time.Time) error {
-	due := tx.Bucket(bucketDue)
-	if r.Status.Pending() && !r.NextAttempt.IsZero() {
-		if err := due.Delete(dueKey(r.NextAttempt, m.ID, r.Index)); err != nil {
-			return err
-		}
-	}
-	if r.Status != "" {
-		st.count(r.Status, -1)
-	}
-	st.count(status, +1)
-	r.Status = status
-	r.NextAttempt = time.Time{}
-	if status.Pending() {
-		r.NextAttempt = next
-		if err := due.Put(dueKey(next, m.ID, r.Index), nil); err != nil {
-			return err
-		}
-		st.due = true
-		if !m.Finished.IsZero() {
-			if err := tx.Bucket(bucketFinished).Delete(finishedKey(m.Finished, m.ID)); err != nil {
-				return err
-			}
-			m.Finished = time.Time{}
-		}
-	} else if m.Finished.IsZero() && m.Done() {
-		m.Finished = s.now()
-		if err := tx.Bucket(bucketFinished).Put(finishedKey(m.Finished, m.ID), nil); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func (st *txState) persistCounts(tx *bolt.Tx, current map[Status]int64) error {
-	b := tx.Bucket(bucketCounts)
-	for status, d := range st.counts {
-		if d == 0 {
-			continue
-		}
-		var v [8]byte
-		binary.BigEndian.PutUint64(v[:], uint64(max(current[status]+d, 0)))
-		if err := b.Put([]byte(status), v[:]); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// Get returns the message with the given id.
-func (s *Store) Get(id string) (*Message, error) {
-	var m *Message
-	err := s.db.View(func(tx *bolt.Tx) error {
-		var err error
-		m, err = getMessage(tx, id)
-		return err
+// Probe makes a tiny write to find out whether the store can be written
+// again; it returns the commit's error.
+func (s *Store) Probe(ctx context.Context) error {
+	now := s.now()
+	return s.update(ctx, func(tx *bolt.Tx, st *txState) error {
+		return tx.Bucket(bucketMeta).Put([]byte("probe"), []byte(now.UTC().Format(time.RFC3339Nano)))
 	})
-	return m, err
-}
-
-// Body returns a copy of the stored message bytes.
-func (s *Store) Body(id string) ([]byte, error) {
-	var body []byte
-	err := s.db.View(func(tx *bolt.Tx) error {
-		var err error
-		body, err = s.readBody(tx, id)
-		return err
-	})
-	return body, err
-}
-
-// Enqueue durably stores a new message, its body and one delivery per
-// recipient, all due now unless they already carry a final status (a
-// suppressed recipient). It returns once the commit is on disk; an error
-// wrapping ErrStorage means the disk refused the write.
-func (s *Store) Enqueue(ctx context.Context, m *Message, body []byte) error {
-	return s.EnqueueParts(ctx, m, body)
-}
-
-// EnqueueParts is Enqueue with the message given as consecutive parts (a
-// signature, the header, body chunks), so that a large message is written
-// out without first being assembled in memory.
-func (s *Store) EnqueueParts(ctx context.Context, m *Message, parts ...[]byte) error {
-	if !ValidID(m.ID) {
-		return fmt.Errorf("queue: invalid message id %q", m.ID)
-	}
-	if len(m.Recipients) == 0 {
-		return fmt.Errorf("queue: message %s has no recipients", m.ID)
-	}
-	if m.Received.IsZero() {
-		m.Received = s.now()
-	}
-	m.Size = 0
-	for _, p := range parts {
-		m.Size += len(p)
-	}
-	var stored []byte
-	inFile := s.opts.LargeBody > 0 && m.Size >= s.opts.LargeBody
-	if inFile {
-		if err := s.writeBodyFile(m.ID, parts); err != nil {
-			return err
-		}
-		stored = fileMarker
-	} else if len(parts) == 1 {
-		stored = parts[0]
-	} else {
-		stored = bytes.Join(parts, nil)
-	}
-	err := s.update(ctx, func(tx *bolt.Tx, st *txState) error {
-		if tx.Bucket(bucketMessages).Get([]byte(m.ID)) != nil {
-			return fmt.Errorf("queue: message %s already exists", m.ID)
-		}
-		if err := tx.Bucket(bucketBodies).Put([]byte(m.ID), stored); err != nil {
-			return err
-		}
-		if m.Ref != "" {
-			if err := tx.Bucket(bucketRefs).Put(indexKey(m.Ref, m.ID), nil); err != nil {
-				return err
-			}
-		}
-		for i, r := range m.Recipients {
-			r.Index = i
-			initial := r.Status
-			if initial == "" {
-				initial = StatusQueued
-			}
-			r.Status = ""
-			if err := tx.Bucket(bucketRcpts).Put(indexKey(lowerASCII(r.Address), m.ID), nil); err != nil {
-				return err
-			}
-			if err := s.setStatus(tx, st, m, r, initial, m.Received); err != nil {
-				return err
-			}
-			ev := Event{Time: m.Received, Status: initial, Source: "smtp"}
-			if r.Last != nil { // the caller described why (suppressed)
-				ev.Reason, ev.Text = r.Last.Reason, r.Last.Text
-				r.Last = nil
-			}
-			r.Reason = ev.Reason
-			if err := s.appendEvent(tx, st, m, r, ev); err != nil {
-				return err
-			}
-		}
-		return putMessage(tx, m)
-	})
-	if err != nil && inFile {
-		os.Remove(s.bodyPath(m.ID)) // the transaction did not commit
-	}
-	return err
-}
-
-func lowerASCII(s string) string {
-	b := []byte(s)
-	for i, c := range b {
-		if c >= 'A' && c <= 'Z' {
-			b[i] = c + 'a' - 'A'
-		}
-	}
-	return string(b)
 }

@@ -288,6 +288,22 @@ type target struct {
 	port int
 }
 
+// Message is the message a delivery sends: a complete RFC 5322 message with
+// CRLF line endings, read where it is stored rather than copied per attempt.
+type Message interface {
+	io.ReaderAt
+	Size() int64
+}
+
+// Bytes is a Message held in memory.
+type Bytes []byte
+
+// ReadAt implements io.ReaderAt.
+func (b Bytes) ReadAt(p []byte, off int64) (int, error) { return bytes.NewReader(b).ReadAt(p, off) }
+
+// Size is the length of b.
+func (b Bytes) Size() int64 { return int64(len(b)) }
+
 // Deliver sends body (a complete RFC 5322 message with CRLF line endings)
 // from mailFrom to the single recipient rcptTo and reports the outcome; it
 // never returns a zero Result. It blocks while Concurrency deliveries are in
@@ -300,7 +316,7 @@ type target struct {
 // without SMTPUTF8 is a Permanent 5.6.7 (RFC 6531 3.4). 8-bit content is
 // sent as is to servers without 8BITMIME (converting it would break the DKIM
 // signature); go-smtp adds BODY=8BITMIME whenever the server offers it.
-func (r *Relay) Deliver(ctx context.Context, mailFrom, rcptTo string, body []byte) Result {
+func (r *Relay) Deliver(ctx context.Context, mailFrom, rcptTo string, body Message) Result {
 	local, domain, ok := splitAddress(rcptTo)
 	if !ok || strings.ContainsAny(mailFrom, "\r\n<>") {
 		return Result{Outcome: Permanent, Stage: StageRcpt, EnhancedCode: "5.1.3", Text: fmt.Sprintf("invalid envelope address: from <%s> to <%s>", mailFrom, rcptTo)}
@@ -440,14 +456,32 @@ func isASCII(s string) bool {
 
 // headerOf returns the header section of msg (up to the first empty line),
 // without copying the message.
-func headerOf(msg []byte) []byte {
-	if i := bytes.Index(msg, []byte("\r\n\r\n")); i >= 0 {
-		return msg[:i]
+// maxHeaderScan bounds how much of a message headerOf reads.
+const maxHeaderScan = 1 << 20
+
+// headerOf returns the header section of msg (at most its first MiB), read
+// in small steps so that a large message is not copied to look at its head.
+func headerOf(body Message) []byte {
+	var head []byte
+	buf := make([]byte, 8<<10)
+	for off := int64(0); off < min(body.Size(), maxHeaderScan); {
+		n, err := body.ReadAt(buf, off)
+		head = append(head, buf[:n]...)
+		// Look again from a little before the new bytes: the blank line may
+		// straddle two reads.
+		from := max(0, len(head)-n-3)
+		if i := bytes.Index(head[from:], []byte("\r\n\r\n")); i >= 0 {
+			return head[:from+i]
+		}
+		if i := bytes.Index(head[from:], []byte("\n\n")); i >= 0 {
+			return head[:from+i]
+		}
+		off += int64(n)
+		if err != nil || n == 0 {
+			break
+		}
 	}
-	if i := bytes.Index(msg, []byte("\n\n")); i >= 0 {
-		return msg[:i]
-	}
-	return msg
+	return head
 }
 
 // routeTable is an immutable set of routes.

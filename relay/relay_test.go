@@ -136,7 +136,7 @@ func (e *testEnv) deliver(t *testing.T, rcpt string) Result {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
 	defer cancel()
-	return e.relay.Deliver(ctx, "bounce-md_x1@m.relay.test", rcpt, []byte(testBody))
+	return e.relay.Deliver(ctx, "bounce-md_x1@m.relay.test", rcpt, Bytes(testBody))
 }
 
 func TestDeliverSent(t *testing.T) {
@@ -510,14 +510,14 @@ func TestConcurrencyWaitHonoursContext(t *testing.T) {
 	})
 	ctx, cancel := context.WithCancel(t.Context())
 	first := make(chan Result, 1)
-	go func() { first <- e.relay.Deliver(ctx, "f@relay.test", "a@example.test", []byte(testBody)) }()
+	go func() { first <- e.relay.Deliver(ctx, "f@relay.test", "a@example.test", Bytes(testBody)) }()
 	// Wait (bounded) until the first delivery holds the only slot.
 	for i := 0; i < 2000 && e.relay.Stats().InProgress == 0; i++ {
 		time.Sleep(time.Millisecond)
 	}
 	ctx2, cancel2 := context.WithCancel(t.Context())
 	cancel2()
-	if got := e.relay.Deliver(ctx2, "f@relay.test", "b@example.test", []byte(testBody)); got.Outcome != Temporary {
+	if got := e.relay.Deliver(ctx2, "f@relay.test", "b@example.test", Bytes(testBody)); got.Outcome != Temporary {
 		t.Errorf("second delivery with a cancelled context = %v, want Temporary", got)
 	}
 	cancel()
@@ -567,7 +567,7 @@ func TestSTARTTLS(t *testing.T) {
 		t.Fatalf("Deliver = %+v, want sent over TLS", got)
 	}
 	msgs := e.sink.messages()
-	if len(msgs) != 1 || !msgs[0].TLS || !bytes.Equal(msgs[0].Data, []byte(testBody)) {
+	if len(msgs) != 1 || !msgs[0].TLS || !bytes.Equal(msgs[0].Data, Bytes(testBody)) {
 		t.Errorf("sink got %+v, want the message over TLS", msgs)
 	}
 	// The pooled TLS connection is reused.
@@ -660,13 +660,13 @@ func TestPerDestinationWaitHonoursContext(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
 	first := make(chan Result, 1)
-	go func() { first <- e.relay.Deliver(ctx, "f@relay.test", "a@example.test", []byte(testBody)) }()
+	go func() { first <- e.relay.Deliver(ctx, "f@relay.test", "a@example.test", Bytes(testBody)) }()
 	for i := 0; i < 2000 && e.sink.connections() == 0; i++ {
 		time.Sleep(time.Millisecond)
 	}
 	ctx2, cancel2 := context.WithTimeout(t.Context(), 100*time.Millisecond)
 	defer cancel2()
-	got := e.relay.Deliver(ctx2, "f@relay.test", "b@example.test", []byte(testBody))
+	got := e.relay.Deliver(ctx2, "f@relay.test", "b@example.test", Bytes(testBody))
 	if got.Outcome != Temporary || got.Stage != StageConnect || !strings.Contains(got.Text, "waiting for a connection") {
 		t.Errorf("second delivery = %+v, want Temporary while waiting for the only connection", got)
 	}

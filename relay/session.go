@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/textproto"
 	"strconv"
@@ -24,7 +25,7 @@ var errClosed = errors.New("relay: closed")
 // envelope is one delivery's data.
 type envelope struct {
 	from, to string
-	body     []byte
+	body     Message
 	needUTF8 bool // the envelope itself is non-ASCII
 	wantUTF8 bool // envelope or header non-ASCII: ask SMTPUTF8 when offered
 }
@@ -421,7 +422,7 @@ func (r *Relay) transact(ctx context.Context, s *session, env envelope, reused b
 	}
 	s.conn.setLimit(time.Now().Add(r.opts.DataTimeout))
 	defer s.conn.setLimit(time.Time{})
-	if _, err := w.Write(env.body); err != nil {
+	if _, err := io.Copy(w, io.NewSectionReader(env.body, 0, env.body.Size())); err != nil {
 		return fail(StageData, err), false
 	}
 	resp, err := w.CloseWithResponse()

@@ -2,10 +2,12 @@
 // to, because they hard-bounced, bounced softly too many times in a row,
 // complained, or were added by hand.
 //
-// The list lives in buckets of a bbolt database the caller owns (the queue's
-// file); every bucket name starts with "suppress". Each method has a variant
-// taking a *bbolt.Tx so that the queue can record a bounce and the
-// suppression it causes in one transaction.
+// The list lives in buckets of a bbolt database the caller owns (the local
+// control data, in the spool's file); every bucket name starts with
+// "suppress", and its transactions are its own: the spool never writes into
+// them. What follows from a committed bounce reaches the list through
+// ApplyChanges, which records how far in the spool's event log it has got in
+// the same transaction, so each event takes effect exactly once.
 //
 // Entries are keyed by the normalised address (see NormalizeAddress) and, in
 // the "account" scope, by the account too. An entry with account "" is a
@@ -15,6 +17,7 @@ package suppress
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -558,4 +561,79 @@ func (l *List) RecordSuccessTx(tx *bbolt.Tx, account, address string) error {
 		return fmt.Errorf("suppress: record success of %q: %w", addr, err)
 	}
 	return nil
+}
+
+// ChangeKind says what a status event does to the list.
+type ChangeKind int
+
+// The kinds of Change.
+const (
+	// ChangeAdd puts the address on the list (a hard bounce, a complaint).
+	ChangeAdd ChangeKind = iota + 1
+	// ChangeSoftBounce counts one soft bounce of the address.
+	ChangeSoftBounce
+	// ChangeSuccess ends the address's run of soft bounces.
+	ChangeSuccess
+)
+
+// Change is one effect of a committed status event on the list. For
+// ChangeAdd, Entry is the entry to add; for the others only its Account,
+// Address, Reason, MessageID and Detail are read.
+type Change struct {
+	Kind  ChangeKind
+	Entry Entry
+}
+
+// cursorsBucket holds, per consumer name, the sequence number of the last
+// queue event whose changes were applied.
+var cursorsBucket = []byte("suppress-cursors")
+
+// Cursor returns the sequence number of the last event applied by the
+// consumer name (0 if none).
+func (l *List) Cursor(name string) (uint64, error) {
+	var seq uint64
+	err := l.db.View(func(tx *bbolt.Tx) error {
+		if b := tx.Bucket(cursorsBucket); b != nil {
+			if v := b.Get([]byte(name)); len(v) == 8 {
+				seq = binary.BigEndian.Uint64(v)
+			}
+		}
+		return nil
+	})
+	return seq, err
+}
+
+// ApplyChanges applies changes, derived from queue events up to seq, and
+// records seq as the cursor of the consumer name, in one transaction: a
+// crash cannot apply them twice or lose them. Changes for addresses that
+// cannot be keyed (ErrInvalidAddress) are skipped.
+func (l *List) ApplyChanges(name string, seq uint64, changes []Change) error {
+	return l.db.Update(func(tx *bbolt.Tx) error {
+		b, err := tx.CreateBucketIfNotExists(cursorsBucket)
+		if err != nil {
+			return err
+		}
+		if v := b.Get([]byte(name)); len(v) == 8 && binary.BigEndian.Uint64(v) >= seq {
+			return nil // already applied
+		}
+		for _, c := range changes {
+			e := c.Entry
+			switch c.Kind {
+			case ChangeAdd:
+				_, err = l.AddTx(tx, e)
+			case ChangeSoftBounce:
+				_, _, err = l.RecordSoftBounceTx(tx, e.Account, e.Address, e.Reason, e.MessageID, e.Detail)
+			case ChangeSuccess:
+				err = l.RecordSuccessTx(tx, e.Account, e.Address)
+			default:
+				err = fmt.Errorf("suppress: unknown change kind %d", c.Kind)
+			}
+			if err != nil && !errors.Is(err, ErrInvalidAddress) {
+				return err
+			}
+		}
+		var v [8]byte
+		binary.BigEndian.PutUint64(v[:], seq)
+		return b.Put([]byte(name), v[:])
+	})
 }

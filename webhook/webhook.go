@@ -1,9 +1,10 @@
 // Package webhook sends every recipient status change to the application as
 // signed JSON POSTs, from a durable outbox kept in the queue's bbolt file.
 //
-// The queue's event hook calls EnqueueTx inside the transaction that records
-// the event, so an event and its outbox entries commit together: nothing is
-// sent for a rolled-back event and nothing is lost for a committed one. Each
+// The outbox follows the queue's event log (queue.Follower): AppendEvents
+// copies committed events into the outbox and records how far it has read
+// in the same transaction, so nothing is sent for an event that did not
+// commit and nothing is lost or copied twice for one that did. Each
 // endpoint has its own ordered list of entries; Flush POSTs the oldest batch
 // of each endpoint and deletes it only after a 2xx answer. A failing batch
 // blocks the later ones of that endpoint, so events arrive in the order they
@@ -312,6 +313,63 @@ func (o *Outbox) EnqueueTx(tx *bolt.Tx, ev queue.Event) error {
 	}
 	return nil
 }
+
+// cursorKey, in bucketRoot, holds the Seq of the last queue event appended.
+var cursorKey = []byte("cursor")
+
+// Cursor returns the Seq of the last queue event AppendEvents took (0 if none).
+func (o *Outbox) Cursor() (uint64, error) {
+	var seq uint64
+	err := o.db.View(func(tx *bolt.Tx) error {
+		if root := tx.Bucket(bucketRoot); root != nil {
+			if v := root.Get(cursorKey); len(v) == 8 {
+				seq = binary.BigEndian.Uint64(v)
+			}
+		}
+		return nil
+	})
+	return seq, err
+}
+
+// AppendEvents copies committed queue events (in order) into the outbox of
+// every endpoint they match and moves the cursor past them, in one
+// transaction; events at or below the cursor are skipped, so a repeated
+// call adds nothing. It implements queue.Consumer with Cursor.
+func (o *Outbox) AppendEvents(events []queue.Event) error {
+	if len(events) == 0 {
+		return nil
+	}
+	err := o.db.Update(func(tx *bolt.Tx) error {
+		root, err := tx.CreateBucketIfNotExists(bucketRoot)
+		if err != nil {
+			return err
+		}
+		var cur uint64
+		if v := root.Get(cursorKey); len(v) == 8 {
+			cur = binary.BigEndian.Uint64(v)
+		}
+		for _, ev := range events {
+			if ev.Seq <= cur {
+				continue
+			}
+			if err := o.EnqueueTx(tx, ev); err != nil {
+				return err
+			}
+			cur = ev.Seq
+		}
+		var v [8]byte
+		binary.BigEndian.PutUint64(v[:], cur)
+		return root.Put(cursorKey, v[:])
+	})
+	if err != nil {
+		return fmt.Errorf("webhook: append events: %w", err)
+	}
+	o.Notify()
+	return nil
+}
+
+// Consume is AppendEvents (queue.Consumer).
+func (o *Outbox) Consume(events []queue.Event) error { return o.AppendEvents(events) }
 
 // Notify wakes Run after a commit that added entries. It never blocks.
 func (o *Outbox) Notify() {

@@ -1,0 +1,107 @@
+package queue
+
+import (
+	"context"
+	"sync"
+	"time"
+)
+
+// Consumer is something that must act on every event of the log exactly
+// once, after it is committed: the suppression list, the webhook outbox.
+// Consume must store its cursor (the Seq of the last event it was given)
+// atomically with its own effects, and Cursor must return it, so that a
+// crash between the two cannot apply an event twice or skip one.
+type Consumer interface {
+	Cursor() (uint64, error)
+	Consume(events []Event) error
+}
+
+// Follower feeds a Consumer the event log in order. It is how work that
+// follows a status change is derived from what was committed, never from a
+// transaction that might roll back or run again.
+type Follower struct {
+	store *Store
+	name  string
+	c     Consumer
+
+	mu      sync.Mutex
+	applied uint64
+	changed chan struct{} // closed and replaced when applied grows
+}
+
+// NewFollower returns a follower of s for c; name labels its log lines. It
+// registers with s so that Purge keeps the events c has not consumed.
+func NewFollower(s *Store, name string, c Consumer) (*Follower, error) {
+	cur, err := c.Cursor()
+	if err != nil {
+		return nil, err
+	}
+	if m := s.MigratedSeq(); cur < m {
+		cur = m // v0 applied these inside its own transactions
+	}
+	f := &Follower{store: s, name: name, c: c, applied: cur, changed: make(chan struct{})}
+	s.KeepEventsAfter(f.Applied)
+	return f, nil
+}
+
+// Applied returns the sequence number of the last event consumed.
+func (f *Follower) Applied() uint64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.applied
+}
+
+// WaitFor returns once the event seq has been consumed, or ctx ends.
+func (f *Follower) WaitFor(ctx context.Context, seq uint64) error {
+	for {
+		f.mu.Lock()
+		done, ch := f.applied >= seq, f.changed
+		f.mu.Unlock()
+		if done {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// Run consumes events until ctx ends. A failing Consume is tried again with
+// a growing delay; events are never skipped.
+func (f *Follower) Run(ctx context.Context) {
+	backoff := 50 * time.Millisecond
+	for {
+		changed := f.store.EventsChanged()
+		evs, err := f.store.Events(f.Applied(), 500)
+		if err == nil && len(evs) > 0 {
+			err = f.c.Consume(evs)
+			if err == nil {
+				f.mu.Lock()
+				f.applied = evs[len(evs)-1].Seq
+				close(f.changed)
+				f.changed = make(chan struct{})
+				f.mu.Unlock()
+				backoff = 50 * time.Millisecond
+				continue
+			}
+		}
+		if err != nil {
+			f.store.log.Error("queue: "+f.name+": cannot consume events yet", "after", f.Applied(), "err", err)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, 10*time.Second)
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-changed:
+		case <-time.After(time.Second):
+		}
+	}
+}
