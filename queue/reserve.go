@@ -136,4 +136,3 @@ func (r *reserve) admit(n int) error {
 	}
 	return nil
 }
-
