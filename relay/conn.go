@@ -145,6 +145,13 @@ func (c *conn) count(b []byte) error {
 
 func (c *conn) Write(p []byte) (int, error) {
 	c.mu.Lock()
+	if c.overrun != nil {
+		// The reply that overran may have looked complete to go-smtp (a
+		// cut-off line reads as a whole one): nothing more is sent.
+		err := c.overrun
+		c.mu.Unlock()
+		return 0, err
+	}
 	if !c.wrote {
 		c.wrote = true
 		c.greeting = string(c.first)
@@ -157,6 +164,19 @@ func (c *conn) Write(p []byte) (int, error) {
 	c.first, c.firstDone = c.first[:0], false
 	c.mu.Unlock()
 	return c.Conn.Write(p)
+}
+
+// check returns err, or, if err is nil, the reply limit error of a reply
+// that overran: bufio hands a line cut off by the limit to net/textproto
+// as if it were complete, so "250 xxx…" without an end would otherwise
+// read as a success.
+func (c *conn) check(err error) error {
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.overrun
 }
 
 // greetingLine returns the first line of the server's greeting ("220 name

@@ -290,7 +290,7 @@ func (r *Relay) connect(ctx context.Context, name, addr string, env envelope, us
 	wc := newConn(raw)
 	wc.greetLimit = start.Add(r.opts.ConnectTimeout)
 	c := r.newClient(wc)
-	if err := c.Hello(r.opts.Hostname); err != nil {
+	if err := wc.check(c.Hello(r.opts.Hostname)); err != nil {
 		_ = raw.Close()
 		if !wc.greeted() {
 			return fail(StageGreeting, err)
@@ -325,7 +325,7 @@ func (r *Relay) connect(ctx context.Context, name, addr string, env envelope, us
 			wc2 := newConn(tc)
 			wc2.prefix = []byte("220 " + name + " TLS session\r\n")
 			c2 := r.newClient(wc2)
-			if err := c2.Hello(r.opts.Hostname); err != nil {
+			if err := wc2.check(c2.Hello(r.opts.Hostname)); err != nil {
 				_ = raw.Close()
 				return fail(StageEHLO, err)
 			}
@@ -358,7 +358,7 @@ func (r *Relay) startTLS(ctx context.Context, wc *conn, raw net.Conn, name strin
 	// The server sends nothing after its 220 until our ClientHello, so this
 	// reader cannot swallow handshake bytes.
 	code, msg, err := textproto.NewReader(bufio.NewReader(wc)).ReadResponse(220)
-	if err != nil {
+	if err = wc.check(err); err != nil {
 		var te *textproto.Error
 		if errors.As(err, &te) {
 			return nil, parseReply(code, msg)
@@ -401,7 +401,7 @@ func (r *Relay) transact(ctx context.Context, s *session, env envelope, reused b
 		}
 		if healthy {
 			s.conn.setLimit(time.Now().Add(r.opts.CommandTimeout))
-			healthy = s.c.Reset() == nil
+			healthy = s.conn.check(s.c.Reset()) == nil
 			s.conn.setLimit(time.Time{})
 		}
 		r.release(s.addr, s, healthy)
@@ -418,7 +418,7 @@ func (r *Relay) transact(ctx context.Context, s *session, env envelope, reused b
 
 	if reused {
 		// go-smtp forgets the EHLO on RSET; say it again (and probe the connection).
-		if err := s.c.Hello(r.opts.Hostname); err != nil {
+		if err := s.conn.check(s.c.Hello(r.opts.Hostname)); err != nil {
 			return fail(StageEHLO, err), stale(err)
 		}
 	}
@@ -430,14 +430,14 @@ func (r *Relay) transact(ctx context.Context, s *session, env envelope, reused b
 		return Result{Outcome: Permanent, Host: s.host, Addr: s.addr, TLS: s.tls, Stage: StageMail, EnhancedCode: "5.6.7",
 			Text: fmt.Sprintf("SMTPUTF8 is required, but was not offered by host %s[%s]", s.host, s.addr)}, false
 	}
-	if err := s.c.Mail(env.from, opts); err != nil {
+	if err := s.conn.check(s.c.Mail(env.from, opts)); err != nil {
 		return fail(StageMail, err), reused && stale(err)
 	}
-	if err := s.c.Rcpt(env.to, nil); err != nil {
+	if err := s.conn.check(s.c.Rcpt(env.to, nil)); err != nil {
 		return fail(StageRcpt, err), false
 	}
 	w, err := s.c.Data()
-	if err != nil {
+	if err = s.conn.check(err); err != nil {
 		return fail(StageData, err), false
 	}
 	s.conn.setLimit(time.Now().Add(r.opts.DataTimeout))
@@ -451,7 +451,7 @@ func (r *Relay) transact(ctx context.Context, s *session, env envelope, reused b
 		return endOfData(err), false
 	}
 	resp, err := w.CloseWithResponse()
-	if err != nil {
+	if err = s.conn.check(err); err != nil {
 		return endOfData(err), false
 	}
 	res = replyResult(parseReply(250, resp.StatusText))
