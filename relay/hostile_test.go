@@ -343,3 +343,48 @@ func TestHostileBeyondTheList(t *testing.T) {
 		})
 	}
 }
+
+// TestPhaseOfEveryResult: every kind of result carries the phase its reply
+// (or failure) answered.
+func TestPhaseOfEveryResult(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		h     *testnet.HostileMX // nil: no server (DNS or connection failures)
+		rcpt  string
+		mod   func(*Options)
+		want  Outcome
+		code  int
+		phase vocab.Phase
+		stage string
+	}{
+		{"nxdomain", nil, "a@nowhere.test", nil, Permanent, 0, vocab.PhaseConnect, StageDNS},
+		{"connection refused", nil, "a@refused.test", nil, Temporary, 0, vocab.PhaseConnect, StageConnect},
+		{"greeting 554", &testnet.HostileMX{Greet: "554 5.7.1 go away"}, "a@hostile.test", nil, Permanent, 554, vocab.PhaseConnect, StageGreeting},
+		{"EHLO 421", &testnet.HostileMX{EHLOReply: "421 4.7.0 too busy\r\n"}, "a@hostile.test", nil, Temporary, 421, vocab.PhaseEHLO, StageEHLO},
+		{"TLS handshake cut by the attempt deadline", &testnet.HostileMX{At: "starttls", Act: testnet.TLSHang}, "a@hostile.test",
+			func(o *Options) { o.AttemptTimeout = 300 * time.Millisecond }, Temporary, 0, vocab.PhaseTLS, StageSTARTTLS},
+		{"MAIL 553", &testnet.HostileMX{Replies: map[string]string{"mail": "553 5.1.8 bad sender"}}, "a@hostile.test", nil, Permanent, 553, vocab.PhaseMail, StageMail},
+		{"RCPT 550", &testnet.HostileMX{Replies: map[string]string{"rcpt": "550 5.1.1 no such user"}}, "a@hostile.test", nil, Permanent, 550, vocab.PhaseRcpt, StageRcpt},
+		{"DATA 451", &testnet.HostileMX{Replies: map[string]string{"data": "451 4.3.0 not now"}}, "a@hostile.test", nil, Temporary, 451, vocab.PhaseData, StageData},
+		{"end of data 554", &testnet.HostileMX{Replies: map[string]string{"end": "554 5.7.1 spam"}}, "a@hostile.test", nil, Permanent, 554, vocab.PhaseEndOfData, StageEndOfData},
+		{"sent", &testnet.HostileMX{}, "a@hostile.test", nil, Sent, 250, vocab.PhaseEndOfData, StageEndOfData},
+		{"invalid address", nil, "no-at-sign", nil, Permanent, 0, vocab.PhaseRcpt, StageRcpt},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var e *testEnv
+			if tc.h != nil {
+				e = hostileEnv(t, tc.h, tc.mod)
+			} else {
+				e = setup(t, nil, tc.mod)
+				e.dns.Add("refused.test. 300 IN MX 10 mx.refused.test.", "mx.refused.test. 300 IN A 192.0.2.9")
+			}
+			got := e.deliver(t, tc.rcpt)
+			if got.Outcome != tc.want || got.Code != tc.code || got.Phase != tc.phase || got.Stage != tc.stage {
+				t.Errorf("Deliver = %+v (phase %q), want %s %d at phase %q stage %q", got, got.Phase, tc.want, tc.code, tc.phase, tc.stage)
+			}
+			if !got.Phase.Valid() || got.Phase == vocab.PhaseUnknown {
+				t.Errorf("phase %q is not a known phase", got.Phase)
+			}
+		})
+	}
+}

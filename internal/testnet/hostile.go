@@ -49,7 +49,10 @@ type HostileMX struct {
 	// EHLOReply, if set, is written raw (CRLF-terminated lines) as the
 	// whole EHLO reply.
 	EHLOReply string
-	Every     time.Duration // Trickle interval; default 100ms
+	// Replies, by step ("mail", "rcpt", "data", "end"), replace the
+	// default reply with this line (with Act Behave).
+	Replies map[string]string
+	Every   time.Duration // Trickle interval; default 100ms
 
 	addr  string
 	conns atomic.Int64
@@ -173,6 +176,14 @@ func (h *HostileMX) misbehave(c net.Conn, code string, done chan struct{}) {
 	}
 }
 
+// reply is the reply to step: Replies[step], or def.
+func (h *HostileMX) reply(step, def string) string {
+	if r, ok := h.Replies[step]; ok {
+		return r
+	}
+	return def
+}
+
 func (h *HostileMX) serve(c net.Conn, done chan struct{}) {
 	say := func(s string) bool {
 		_, err := c.Write([]byte(s + "\r\n"))
@@ -221,10 +232,14 @@ func (h *HostileMX) serve(c net.Conn, done chan struct{}) {
 			h.misbehave(c, "", done)
 			return
 		case "MAIL":
-			say("250 2.1.0 sender ok")
+			say(h.reply("mail", "250 2.1.0 sender ok"))
 		case "RCPT":
-			say("250 2.1.5 recipient ok")
+			say(h.reply("rcpt", "250 2.1.5 recipient ok"))
 		case "DATA":
+			if r := h.reply("data", "354 go ahead"); !strings.HasPrefix(r, "354") {
+				say(r)
+				continue
+			}
 			say("354 go ahead")
 			if h.At == "end" && h.Act == StopReading {
 				h.misbehave(c, "", done)
@@ -243,7 +258,7 @@ func (h *HostileMX) serve(c net.Conn, done chan struct{}) {
 				h.misbehave(c, "250", done)
 				return
 			}
-			say("250 2.0.0 queued")
+			say(h.reply("end", "250 2.0.0 queued"))
 		case "RSET", "NOOP":
 			say("250 2.0.0 ok")
 		case "QUIT":
