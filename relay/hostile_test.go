@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/miekg/dns"
+
 	"github.com/hermod-mta/hermod/internal/testnet"
 	"github.com/hermod-mta/hermod/vocab"
 )
@@ -308,6 +310,9 @@ func TestHostileBeyondTheList(t *testing.T) {
 		// A handshake that never ends: given up after the command timeout,
 		// then the message goes in plain text on a new connection.
 		{"TLS handshake never ends", &testnet.HostileMX{At: "starttls", Act: testnet.TLSHang}, false, Sent, vocab.PhaseEndOfData, to + time.Second, 2},
+		// An endless reply to STARTTLS: that connection is given up, the
+		// message goes in plain text on a new one.
+		{"STARTTLS reply flood", &testnet.HostileMX{At: "starttls", Act: testnet.FloodLines}, false, Sent, vocab.PhaseEndOfData, to + time.Second, 2},
 		// RCPT accepted, then DATA never answered.
 		{"DATA never answered", &testnet.HostileMX{At: "data", Act: testnet.Silent}, false, Temporary, vocab.PhaseData, to + time.Second, 1},
 		// The server stops reading mid-message (the TCP window closes).
@@ -387,4 +392,31 @@ func TestPhaseOfEveryResult(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestMXLookupFailuresLimited: 12 MX names whose address lookups time out
+// cost MXAddressLimit lookups, not 12.
+func TestMXLookupFailuresLimited(t *testing.T) {
+	e := setup(t, nil, func(o *Options) { o.DNSTimeout = 100 * time.Millisecond })
+	for i := 1; i <= 12; i++ {
+		host := fmt.Sprintf("mx%d.blackhole.test.", i)
+		e.dns.Add(fmt.Sprintf("blackhole.test. 300 IN MX %d %s", i*10, host), host+" 300 IN A 127.0.0.1")
+		e.dns.Timeout(host, true)
+	}
+	start := time.Now()
+	got := e.deliver(t, "a@blackhole.test")
+	took := time.Since(start)
+	if got.Outcome != Temporary || got.Stage != StageDNS || got.DNS != KindTimeout {
+		t.Errorf("Deliver = %+v, want a Temporary DNS timeout", got)
+	}
+	looked := 0
+	for i := 1; i <= 12; i++ {
+		if e.dns.Queries(fmt.Sprintf("mx%d.blackhole.test.", i), dns.TypeA) > 0 {
+			looked++
+		}
+	}
+	if looked != DefaultMXAddressLimit {
+		t.Errorf("looked up %d of the 12 MX names, want %d", looked, DefaultMXAddressLimit)
+	}
+	t.Logf("%d lookups in %s: %s", looked, took.Round(time.Millisecond), got)
 }

@@ -438,15 +438,18 @@ func (r *Relay) tryTargets(ctx context.Context, domain string, env envelope) Res
 	}
 	var (
 		last     Result
-		tried    int // addresses tried
-		sessions int // of which connected
-		dnsErrs  []error
+		tried    int     // addresses tried
+		sessions int     // of which connected
+		dnsErrs  []error // failed host lookups, each counted as an address
 	)
 	for _, t := range targets {
 		addrs, err := r.res.LookupHost(ctx, t.name)
 		if err != nil {
 			dnsErrs = append(dnsErrs, err)
-			if ctx.Err() != nil {
+			// A host whose lookup fails uses up an address: 12 MX names
+			// whose name servers never answer cost MXAddressLimit DNS
+			// timeouts, not 12.
+			if ctx.Err() != nil || tried+len(dnsErrs) >= r.opts.MXAddressLimit {
 				break
 			}
 			continue
@@ -465,7 +468,7 @@ func (r *Relay) tryTargets(ctx context.Context, domain string, env envelope) Res
 			if !next || ctx.Err() != nil {
 				return res
 			}
-			if tried >= r.opts.MXAddressLimit || sessions >= r.opts.MXSessionLimit {
+			if tried+len(dnsErrs) >= r.opts.MXAddressLimit || sessions >= r.opts.MXSessionLimit {
 				r.log.Debug("relay: MX limit reached", "domain", domain, "addresses", tried, "sessions", sessions)
 				return last
 			}

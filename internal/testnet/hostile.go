@@ -198,7 +198,7 @@ func (h *HostileMX) serve(c net.Conn, done chan struct{}) {
 	}
 	_ = c.SetReadDeadline(time.Now().Add(60 * time.Second))
 	br := bufio.NewReader(c)
-	starttls := h.At == "starttls" && h.Act == TLSHang
+	starttls := h.At == "starttls" // advertised
 	for range 100 {
 		line, err := br.ReadString('\n')
 		if err != nil {
@@ -207,9 +207,9 @@ func (h *HostileMX) serve(c net.Conn, done chan struct{}) {
 		verb := strings.ToUpper(strings.Fields(line + " x")[0])
 		step := map[string]string{"EHLO": "ehlo", "HELO": "ehlo", "STARTTLS": "starttls", "MAIL": "mail", "RCPT": "rcpt", "DATA": "data"}[verb]
 		if step != "" && step == h.At && h.Act != Behave && h.Act != TLSHang && h.Act != StopReading {
-			code := "250"
-			if step == "data" {
-				code = "354"
+			code := map[string]string{"data": "354", "starttls": "220"}[step]
+			if code == "" {
+				code = "250"
 			}
 			h.misbehave(c, code, done)
 			return
