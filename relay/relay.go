@@ -69,8 +69,9 @@ type Options struct {
 	DataTimeout    time.Duration // DATA transfer + final reply, default 10m
 	IdleTimeout    time.Duration // how long an idle pooled connection is kept for reuse, default 30s
 	TLSConfig      *tls.Config   // base config for STARTTLS (ServerName set per host); nil = default
-	// MXAddressLimit is the most MX addresses tried per delivery attempt
-	// (default DefaultMXAddressLimit).
+	// MXAddressLimit is the most MX addresses tried per delivery attempt;
+	// an MX host whose address lookup fails counts as one (default
+	// DefaultMXAddressLimit).
 	MXAddressLimit int
 	// MXSessionLimit is the most addresses per attempt that may result in a
 	// connection (TCP connected, or a pooled connection used); default
