@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/miekg/dns"
 
@@ -419,4 +420,42 @@ func TestMXLookupFailuresLimited(t *testing.T) {
 		t.Errorf("looked up %d of the 12 MX names, want %d", looked, DefaultMXAddressLimit)
 	}
 	t.Logf("%d lookups in %s: %s", looked, took.Round(time.Millisecond), got)
+}
+
+// TestFloodAfterDelivery: a server that takes the message and then floods
+// its reply to the RSET that readies the connection for reuse: the
+// delivery stands, the connection is not pooled, the next delivery gets a
+// fresh one.
+func TestFloodAfterDelivery(t *testing.T) {
+	h := &testnet.HostileMX{At: "rset", Act: testnet.FloodLine}
+	e := hostileEnv(t, h, nil)
+	for i := range 2 {
+		if got := e.deliver(t, "a@hostile.test"); got.Outcome != Sent {
+			t.Fatalf("delivery %d = %+v, want sent", i+1, got)
+		}
+		if st := e.relay.Stats(); st.Idle != 0 || len(st.Open) != 0 {
+			t.Errorf("after delivery %d: Stats = %+v, want the flooding connection closed, not pooled", i+1, st)
+		}
+	}
+	if c := h.Connections(); c != 2 {
+		t.Errorf("%d connections, want 2 (none reused)", c)
+	}
+}
+
+// TestLongReplyTextBounded: a long (but within the limits) refusal is kept
+// up to MaxResultText bytes, cut on a character boundary.
+func TestLongReplyTextBounded(t *testing.T) {
+	var b strings.Builder
+	for range 100 {
+		b.WriteString("550-5.7.1 " + strings.Repeat("拒", 90) + "\r\n") // 280 bytes a line
+	}
+	b.WriteString("550 5.7.1 go away\r\n")
+	e := hostileEnv(t, &testnet.HostileMX{EHLOReply: b.String()}, nil)
+	got := e.deliver(t, "a@hostile.test")
+	if got.Outcome != Permanent || got.Code != 550 || got.Phase != vocab.PhaseEHLO {
+		t.Fatalf("Deliver = %+v, want the Permanent 550 at EHLO", got)
+	}
+	if len(got.Text) > MaxResultText || !strings.HasSuffix(got.Text, " [...]") || !utf8.ValidString(got.Text) || !strings.HasPrefix(got.Text, "拒拒") {
+		t.Errorf("Text is %d bytes (valid UTF-8 %v), want the start of the reply cut at %d with a mark: %.80q…", len(got.Text), utf8.ValidString(got.Text), MaxResultText, got.Text)
+	}
 }

@@ -23,6 +23,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/hermod-mta/hermod/vocab"
 )
@@ -356,7 +357,25 @@ func (r *Relay) Deliver(ctx context.Context, mailFrom, rcptTo string, body []byt
 	if res.Phase == vocab.PhaseUnknown {
 		res.Phase = phaseOf(res.Stage)
 	}
+	res.Text = truncateText(res.Text, MaxResultText)
 	return res
+}
+
+// MaxResultText bounds Result.Text: a reply may be up to MaxReplyBytes,
+// and the queue keeps the text of every attempt.
+const MaxResultText = 4096
+
+// truncateText cuts s to at most n bytes on a UTF-8 boundary, marking the cut.
+func truncateText(s string, n int) string {
+	const mark = " [...]"
+	if len(s) <= n {
+		return s
+	}
+	cut := n - len(mark)
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + mark
 }
 
 // phaseOf maps a Stage to its Phase; end-of-data is set where it happens.

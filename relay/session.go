@@ -233,7 +233,8 @@ func (r *Relay) attempt(ctx context.Context, name, addr string, env envelope) (r
 	if err != nil {
 		return Result{Outcome: Temporary, Host: name, Addr: addr, Stage: StageConnect, Text: err.Error()}, false, false
 	}
-	if s != nil {
+	pooled := s != nil
+	if pooled {
 		s.host = name // the pool is per address; report the name this delivery used
 		res, retry := r.transact(ctx, s, env, true)
 		if !retry {
@@ -245,10 +246,10 @@ func (r *Relay) attempt(ctx context.Context, name, addr string, env envelope) (r
 	}
 	if r.isClosed() {
 		r.release(addr, nil, false)
-		return Result{Outcome: Temporary, Host: name, Addr: addr, Stage: StageConnect, Text: errClosed.Error()}, false, s != nil
+		return Result{Outcome: Temporary, Host: name, Addr: addr, Stage: StageConnect, Text: errClosed.Error()}, false, pooled
 	}
 	s, res = r.connect(ctx, name, addr, env, true)
-	connected = s != nil || res.Stage != StageConnect
+	connected = pooled || s != nil || res.Stage != StageConnect
 	if s == nil && res.Stage == StageSTARTTLS && ctx.Err() == nil {
 		// Postfix behaviour: a failed TLS handshake is retried once in plain text.
 		r.log.Info("relay: TLS handshake failed, retrying without STARTTLS", "mx", name, "addr", addr, "err", res.Text)
@@ -297,11 +298,17 @@ func (r *Relay) connect(ctx context.Context, name, addr string, env envelope, us
 		}
 		return fail(StageEHLO, err)
 	}
+	// A mail loop (Postfix: "mail for X loops back to myself"): the host
+	// names itself with one of our names. Permanent 5.4.6, Code 0, Loop.
 	loop := func(stage string, line string) (*session, Result) {
 		_ = raw.Close()
 		r.log.Warn("relay: mail loop: the remote host uses my own name", "mx", name, "addr", addr, "stage", stage, "reply", line)
+		how := "answered EHLO with"
+		if stage == StageGreeting {
+			how = "greeted with"
+		}
 		return nil, Result{Outcome: Permanent, Host: name, Addr: addr, Stage: stage, EnhancedCode: "5.4.6", Loop: true,
-			Text: fmt.Sprintf("mail for %s loops back to myself (host %s[%s] %s %q)", env.domain, name, addr, map[string]string{StageGreeting: "greeted with", StageEHLO: "answered EHLO with"}[stage], line)}
+			Text: fmt.Sprintf("mail for %s loops back to myself (host %s[%s] %s %q)", env.domain, name, addr, how, line)}
 	}
 	if l := wc.greetingLine(); r.isOwnName(replyName(l)) {
 		return loop(StageGreeting, l)

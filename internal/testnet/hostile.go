@@ -38,7 +38,7 @@ const (
 
 // HostileMX is a raw SMTP server on 127.0.0.1 that behaves until the step
 // At ("greet", "ehlo", "starttls", "mail", "rcpt", "data" for the reply to
-// the DATA command, "end" for the reply after the final dot) and then does
+// the DATA command, "end" for the reply after the final dot, "rset") and then does
 // Act. Every connection is closed at test cleanup. Set the fields before
 // NewHostileMX.
 type HostileMX struct {
@@ -205,7 +205,7 @@ func (h *HostileMX) serve(c net.Conn, done chan struct{}) {
 			return
 		}
 		verb := strings.ToUpper(strings.Fields(line + " x")[0])
-		step := map[string]string{"EHLO": "ehlo", "HELO": "ehlo", "STARTTLS": "starttls", "MAIL": "mail", "RCPT": "rcpt", "DATA": "data"}[verb]
+		step := map[string]string{"EHLO": "ehlo", "HELO": "ehlo", "STARTTLS": "starttls", "MAIL": "mail", "RCPT": "rcpt", "DATA": "data", "RSET": "rset"}[verb]
 		if step != "" && step == h.At && h.Act != Behave && h.Act != TLSHang && h.Act != StopReading {
 			code := map[string]string{"data": "354", "starttls": "220"}[step]
 			if code == "" {
