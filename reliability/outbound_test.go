@@ -161,6 +161,6 @@ func TestOutboundHostileServers(t *testing.T) {
 	if peak-base > maxGrowth {
 		t.Errorf("heap grew from %d MiB to a peak of %d MiB, want under %d MiB growth", base>>20, peak>>20, maxGrowth>>20)
 	}
-	summary(t, "outbound: %d hostile servers × %d messages, %d held a delivery past its bound, heap peak %d MB (+%d MB), %d crashes, %d of a 12-MX domain's hosts tried",
+	summary(t, "outbound: %d hostile servers, %d message(s) each, %d held a delivery past its bound, heap peak %d MB (+%d MB), %d crashes, %d of a 12-MX domain's hosts tried",
 		len(sc), per, held, peak>>20, (peak-base)>>20, crashes, mxTried)
 }
