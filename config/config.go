@@ -98,7 +98,13 @@ type Relay struct {
 	ConnectTimeout time.Duration   `toml:"connect_timeout"`
 	CommandTimeout time.Duration   `toml:"command_timeout"`
 	DataTimeout    time.Duration   `toml:"data_timeout"`
-	Routes         []Route         `toml:"route"`
+	// MXAddressLimit is the most MX addresses one delivery attempt tries.
+	MXAddressLimit int `toml:"mx_address_limit"`
+	// MXSessionLimit is the most of them that may result in a connection.
+	MXSessionLimit int `toml:"mx_session_limit"`
+	// AttemptTimeout bounds one delivery attempt as a whole.
+	AttemptTimeout time.Duration `toml:"attempt_timeout"`
+	Routes         []Route       `toml:"route"`
 }
 
 // Route sends mail for Domain (exact, or "*.suffix") to Host ("ip-or-name:port"), bypassing MX.

@@ -295,6 +295,7 @@ func TestDefaults(t *testing.T) {
 		Port: 25, HELO: host, Concurrency: 100, PerDestination: 10,
 		Retry:  []time.Duration{time.Minute, 5 * time.Minute, 15 * time.Minute, 30 * time.Minute, time.Hour, 2 * time.Hour, 4 * time.Hour},
 		MaxAge: 120 * time.Hour, ConnectTimeout: 30 * time.Second, CommandTimeout: 5 * time.Minute, DataTimeout: 10 * time.Minute,
+		MXAddressLimit: 5, MXSessionLimit: 2, AttemptTimeout: 11 * time.Minute,
 	}
 	want.Queue = Queue{Retention: 720 * time.Hour, PurgeInterval: time.Hour, Reserve: 32 << 20}
 	want.Suppress = Suppress{Scope: "global", SoftBounceLimit: 5}
@@ -309,6 +310,16 @@ func TestDefaults(t *testing.T) {
 	c = mustParse(t, "hostname = \"mx.example.test\"\n"+minimal+"[relay]\nport = 2525\nretry = [\"10s\"]\n[log]\nlevel = \"debug\"\n")
 	if c.Relay.HELO != "mx.example.test" || c.Relay.Port != 2525 || !slices.Equal(c.Relay.Retry, []time.Duration{10 * time.Second}) || c.Log.Level != "debug" {
 		t.Errorf("explicit values: %+v %+v", c.Relay, c.Log)
+	}
+	// The attempt deadline follows the session limit and timeouts it
+	// depends on; explicit limits are kept.
+	c = mustParse(t, minimal+"[relay]\nmx_address_limit = 8\nmx_session_limit = 3\nconnect_timeout = \"10s\"\ndata_timeout = \"1m\"\n")
+	if r := c.Relay; r.MXAddressLimit != 8 || r.MXSessionLimit != 3 || r.AttemptTimeout != 90*time.Second {
+		t.Errorf("explicit MX limits: address %d session %d attempt %s, want 8, 3, 1m30s", r.MXAddressLimit, r.MXSessionLimit, r.AttemptTimeout)
+	}
+	c = mustParse(t, minimal+"[relay]\nattempt_timeout = \"2m\"\n")
+	if c.Relay.AttemptTimeout != 2*time.Minute {
+		t.Errorf("explicit attempt_timeout = %s, want 2m", c.Relay.AttemptTimeout)
 	}
 	// Defaults do not alias the package's slice.
 	c.Relay.Retry = nil
@@ -441,6 +452,10 @@ func TestValidate(t *testing.T) {
 		{"connect_timeout", func(c *Config) { c.Relay.ConnectTimeout = -1 }, "relay.connect_timeout", "positive"},
 		{"command_timeout", func(c *Config) { c.Relay.CommandTimeout = -1 }, "relay.command_timeout", "positive"},
 		{"data_timeout", func(c *Config) { c.Relay.DataTimeout = -1 }, "relay.data_timeout", "positive"},
+		{"mx_address_limit", func(c *Config) { c.Relay.MXAddressLimit = -1 }, "relay.mx_address_limit", "positive"},
+		{"mx_session_limit", func(c *Config) { c.Relay.MXSessionLimit = -2 }, "relay.mx_session_limit", "positive"},
+		{"mx_session_limit > mx_address_limit", func(c *Config) { c.Relay.MXAddressLimit, c.Relay.MXSessionLimit = 3, 4 }, "relay.mx_session_limit", "relay.mx_address_limit"},
+		{"attempt_timeout", func(c *Config) { c.Relay.AttemptTimeout = -time.Second }, "relay.attempt_timeout", "positive"},
 		{"routes ok", func(c *Config) {
 			c.Relay.Routes = []Route{{"example.test", "127.0.0.1:2526"}, {"*.example.test", "smarthost.example.test:587"}, {"x.invalid", "[::1]:25"}}
 		}, "", ""},

@@ -102,6 +102,13 @@ func (c *Config) applyDefaults() {
 	setD(&r.ConnectTimeout, 30*time.Second)
 	setD(&r.CommandTimeout, 5*time.Minute)
 	setD(&r.DataTimeout, 10*time.Minute)
+	setI(&r.MXAddressLimit, 5)
+	setI(&r.MXSessionLimit, 2)
+	if r.MXSessionLimit > 0 && r.ConnectTimeout > 0 && r.DataTimeout > 0 {
+		// Finding a host that greets within the session limit, then one
+		// full transfer (relay.Options.AttemptTimeout's default).
+		setD(&r.AttemptTimeout, time.Duration(r.MXSessionLimit)*r.ConnectTimeout+r.DataTimeout)
+	}
 
 	setD(&c.Queue.Retention, 720*time.Hour)
 	setD(&c.Queue.PurgeInterval, time.Hour)
@@ -341,6 +348,12 @@ func (c *Config) validate(errs *errList) {
 	positiveD("relay.connect_timeout", r.ConnectTimeout)
 	positiveD("relay.command_timeout", r.CommandTimeout)
 	positiveD("relay.data_timeout", r.DataTimeout)
+	positive("relay.mx_address_limit", int64(r.MXAddressLimit))
+	positive("relay.mx_session_limit", int64(r.MXSessionLimit))
+	if r.MXSessionLimit > r.MXAddressLimit && r.MXAddressLimit > 0 {
+		errs.add("relay.mx_session_limit", "%d is more than relay.mx_address_limit (%d)", r.MXSessionLimit, r.MXAddressLimit)
+	}
+	positiveD("relay.attempt_timeout", r.AttemptTimeout)
 	routes := map[string]bool{}
 	for i, rt := range r.Routes {
 		k := fmt.Sprintf("relay.route[%d]", i)

@@ -23,6 +23,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
+
+	"github.com/hermod-mta/hermod/vocab"
 )
 
 // Defaults applied to zero Options fields.
@@ -34,6 +37,13 @@ const (
 	DefaultCommandTimeout = 5 * time.Minute  // RFC 5321 4.5.3.2
 	DefaultDataTimeout    = 10 * time.Minute // RFC 5321 4.5.3.2.6
 	DefaultIdleTimeout    = 30 * time.Second
+	// DefaultMXAddressLimit is how many MX addresses one delivery attempt
+	// tries at most (Postfix smtp_mx_address_limit).
+	DefaultMXAddressLimit = 5
+	// DefaultMXSessionLimit is how many of them may result in a TCP
+	// connection (Postfix smtp_mx_session_limit): 12 MX hosts that accept
+	// and never greet cost at most DefaultMXSessionLimit × ConnectTimeout.
+	DefaultMXSessionLimit = 2
 )
 
 // Route sends mail for a domain to a fixed host instead of its MX hosts.
@@ -60,6 +70,24 @@ type Options struct {
 	DataTimeout    time.Duration // DATA transfer + final reply, default 10m
 	IdleTimeout    time.Duration // how long an idle pooled connection is kept for reuse, default 30s
 	TLSConfig      *tls.Config   // base config for STARTTLS (ServerName set per host); nil = default
+	// MXAddressLimit is the most MX addresses tried per delivery attempt;
+	// an MX host whose address lookup fails counts as one (default
+	// DefaultMXAddressLimit).
+	MXAddressLimit int
+	// MXSessionLimit is the most addresses per attempt that may result in a
+	// connection (TCP connected, or a pooled connection used); default
+	// DefaultMXSessionLimit.
+	MXSessionLimit int
+	// AttemptTimeout bounds one Deliver call from the moment it holds a
+	// Concurrency slot: DNS, waiting for a connection slot, every host tried
+	// and the whole transaction. Default: MXSessionLimit × ConnectTimeout +
+	// DataTimeout (finding a host that greets, then one full transfer).
+	AttemptTimeout time.Duration
+	// OwnNames are more names of this host besides Hostname (the names its
+	// listeners greet with). A remote greeting or EHLO reply naming Hostname
+	// or one of these is a mail loop: the delivery fails permanently with
+	// Result.Loop set.
+	OwnNames []string
 	// Dialer opens TCP connections; nil means a net.Dialer.
 	Dialer func(ctx context.Context, network, addr string) (net.Conn, error)
 	Logger *slog.Logger     // nil = discard
@@ -92,19 +120,24 @@ func (o Outcome) String() string {
 
 // Stages reported in Result.Stage.
 const (
-	StageDNS      = "dns"
-	StageConnect  = "connect"
-	StageGreeting = "greeting"
-	StageEHLO     = "ehlo"
-	StageSTARTTLS = "starttls"
-	StageMail     = "mail"
-	StageRcpt     = "rcpt"
-	StageData     = "data"
+	StageDNS       = "dns"
+	StageConnect   = "connect"
+	StageGreeting  = "greeting"
+	StageEHLO      = "ehlo"
+	StageSTARTTLS  = "starttls"
+	StageMail      = "mail"
+	StageRcpt      = "rcpt"
+	StageData      = "data"        // the DATA command
+	StageEndOfData = "end-of-data" // sending the message and the reply after the final dot
 )
 
 // Result is the outcome of one Deliver call.
 type Result struct {
-	Outcome      Outcome
+	Outcome Outcome
+	// Phase is the SMTP step the reply (or failure) answered: connect for
+	// DNS, connection and greeting failures; end-of-data for the reply after
+	// the message and for failures while sending it. Always set.
+	Phase        vocab.Phase
 	Host         string // the MX host (name) that gave the final answer, "" if none reached
 	Addr         string // its ip:port
 	Code         int    // SMTP reply code (0 if none, e.g. DNS or network failure)
@@ -112,10 +145,18 @@ type Result struct {
 	// Text is the remote reply text after the code and enhanced code
 	// (multi-line joined with "\n"), or a description of the local, DNS or
 	// network failure.
-	Text  string
-	Stage string // "dns", "connect", "greeting", "ehlo", "starttls", "mail", "rcpt", "data"
+	Text string
+	// Stage refines Phase for logs: "dns", "connect", "greeting" (all
+	// PhaseConnect), "ehlo", "starttls", "mail", "rcpt", "data",
+	// "end-of-data".
+	Stage string
 	DNS   string // for DNS failures: "nxdomain", "nullmx", "noaddress", "servfail", "timeout"; else ""
 	TLS   bool   // the session that gave the answer used STARTTLS
+	// Loop is set when the remote host greeted or answered EHLO with one of
+	// this host's own names (Options.Hostname, OwnNames): the mail would
+	// loop back to ourselves. Outcome is Permanent, EnhancedCode 5.4.6,
+	// Code 0; classify it as a network failure, not as the recipient's.
+	Loop bool
 }
 
 // String formats the result for logs: "temporary mx.example.test[192.0.2.1:25] rcpt 451 4.7.1 text".
@@ -158,6 +199,7 @@ type Relay struct {
 	dial   func(ctx context.Context, network, addr string) (net.Conn, error)
 	routes atomic.Pointer[routeTable]
 	sem    chan struct{}
+	own    map[string]bool // normName of Hostname and OwnNames; read-only
 
 	mu     sync.Mutex
 	dests  map[string]*destination
@@ -189,6 +231,15 @@ func New(opts Options) (*Relay, error) {
 	opts.CommandTimeout = defDur(opts.CommandTimeout, DefaultCommandTimeout)
 	opts.DataTimeout = defDur(opts.DataTimeout, DefaultDataTimeout)
 	opts.IdleTimeout = defDur(opts.IdleTimeout, DefaultIdleTimeout)
+	opts.MXAddressLimit = defInt(opts.MXAddressLimit, DefaultMXAddressLimit)
+	opts.MXSessionLimit = defInt(opts.MXSessionLimit, DefaultMXSessionLimit)
+	opts.AttemptTimeout = defDur(opts.AttemptTimeout, time.Duration(opts.MXSessionLimit)*opts.ConnectTimeout+opts.DataTimeout)
+	own := make(map[string]bool)
+	for _, n := range append([]string{opts.Hostname}, opts.OwnNames...) {
+		if n = normName(n); n != "" {
+			own[n] = true
+		}
+	}
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
@@ -218,6 +269,7 @@ func New(opts Options) (*Relay, error) {
 		dial:  opts.Dialer,
 		sem:   make(chan struct{}, opts.Concurrency),
 		dests: make(map[string]*destination),
+		own:   own,
 	}
 	r.routes.Store(rt)
 	return r, nil
@@ -317,6 +369,51 @@ func (b Bytes) Size() int64 { return int64(len(b)) }
 // sent as is to servers without 8BITMIME (converting it would break the DKIM
 // signature); go-smtp adds BODY=8BITMIME whenever the server offers it.
 func (r *Relay) Deliver(ctx context.Context, mailFrom, rcptTo string, body Message) Result {
+	res := r.deliver(ctx, mailFrom, rcptTo, body)
+	if res.Phase == vocab.PhaseUnknown {
+		res.Phase = phaseOf(res.Stage)
+	}
+	res.Text = truncateText(res.Text, MaxResultText)
+	return res
+}
+
+// MaxResultText bounds Result.Text: a reply may be up to MaxReplyBytes,
+// and the queue keeps the text of every attempt.
+const MaxResultText = 4096
+
+// truncateText cuts s to at most n bytes on a UTF-8 boundary, marking the cut.
+func truncateText(s string, n int) string {
+	const mark = " [...]"
+	if len(s) <= n {
+		return s
+	}
+	cut := n - len(mark)
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + mark
+}
+
+// phaseOf maps a Stage to its Phase; end-of-data is set where it happens.
+func phaseOf(stage string) vocab.Phase {
+	switch stage {
+	case StageEHLO:
+		return vocab.PhaseEHLO
+	case StageSTARTTLS:
+		return vocab.PhaseTLS
+	case StageMail:
+		return vocab.PhaseMail
+	case StageRcpt:
+		return vocab.PhaseRcpt
+	case StageData:
+		return vocab.PhaseData
+	case StageEndOfData:
+		return vocab.PhaseEndOfData
+	}
+	return vocab.PhaseConnect // dns, connect, greeting
+}
+
+func (r *Relay) deliver(ctx context.Context, mailFrom, rcptTo string, body Message) Result {
 	local, domain, ok := splitAddress(rcptTo)
 	if !ok || strings.ContainsAny(mailFrom, "\r\n<>") {
 		return Result{Outcome: Permanent, Stage: StageRcpt, EnhancedCode: "5.1.3", Text: fmt.Sprintf("invalid envelope address: from <%s> to <%s>", mailFrom, rcptTo)}
@@ -341,29 +438,56 @@ func (r *Relay) Deliver(ctx context.Context, mailFrom, rcptTo string, body Messa
 	case <-ctx.Done():
 		return Result{Outcome: Temporary, Stage: StageConnect, Text: "delivery not started: " + ctx.Err().Error()}
 	}
+	parent := ctx
+	ctx, cancel := context.WithTimeoutCause(ctx, r.opts.AttemptTimeout, errAttemptTimeout)
+	defer cancel()
 
 	env := envelope{
 		from:     mailFrom,
 		to:       rcptTo,
+		domain:   asciiDomain,
 		body:     body,
 		needUTF8: !isASCII(mailFrom) || !isASCII(rcptTo),
 		wantUTF8: !isASCII(mailFrom) || !isASCII(rcptTo) || !isASCII(string(headerOf(body))),
 	}
 
-	targets, res, ok := r.targets(ctx, asciiDomain)
+	res := r.tryTargets(ctx, asciiDomain, env)
+	if parent.Err() == nil && errors.Is(context.Cause(ctx), errAttemptTimeout) && res.Outcome != Sent && res.Code == 0 {
+		// The attempt's own deadline ended it: say so rather than "use of
+		// closed network connection".
+		res.Outcome = Temporary
+		res.Text = fmt.Sprintf("delivery attempt exceeded its time limit (%s): %s", r.opts.AttemptTimeout, res.Text)
+	}
+	return res
+}
+
+// errAttemptTimeout is the cause of an attempt context that hit
+// Options.AttemptTimeout.
+var errAttemptTimeout = errors.New("delivery attempt time limit reached")
+
+// tryTargets tries the hosts for domain in order, within the address and
+// session limits, until one gives an answer about the message.
+func (r *Relay) tryTargets(ctx context.Context, domain string, env envelope) Result {
+	targets, res, ok := r.targets(ctx, domain)
 	if !ok {
 		return res
 	}
-
 	var (
-		last    Result
-		tried   bool
-		dnsErrs []error
+		last     Result
+		tried    int     // addresses tried
+		sessions int     // of which connected
+		dnsErrs  []error // failed host lookups, each counted as an address
 	)
 	for _, t := range targets {
 		addrs, err := r.res.LookupHost(ctx, t.name)
 		if err != nil {
 			dnsErrs = append(dnsErrs, err)
+			// A host whose lookup fails uses up an address: 12 MX names
+			// whose name servers never answer cost MXAddressLimit DNS
+			// timeouts, not 12.
+			if ctx.Err() != nil || tried+len(dnsErrs) >= r.opts.MXAddressLimit {
+				break
+			}
 			continue
 		}
 		for _, a := range addrs {
@@ -371,17 +495,28 @@ func (r *Relay) Deliver(ctx context.Context, mailFrom, rcptTo string, body Messa
 				continue
 			}
 			addr := netip.AddrPortFrom(a, uint16(t.port)).String()
-			res, next := r.attempt(ctx, t.name, addr, env)
-			last, tried = res, true
+			res, next, connected := r.attempt(ctx, t.name, addr, env)
+			last = res
+			tried++
+			if connected {
+				sessions++
+			}
 			if !next || ctx.Err() != nil {
 				return res
 			}
+			if tried+len(dnsErrs) >= r.opts.MXAddressLimit || sessions >= r.opts.MXSessionLimit {
+				r.log.Debug("relay: MX limit reached", "domain", domain, "addresses", tried, "sessions", sessions)
+				return last
+			}
 		}
 	}
-	if tried {
+	if tried > 0 {
 		return last
 	}
-	return noAddressResult(asciiDomain, dnsErrs)
+	if ctx.Err() != nil && len(dnsErrs) == 0 {
+		return Result{Outcome: Temporary, Stage: StageDNS, DNS: KindTimeout, Text: "no mail host tried: " + context.Cause(ctx).Error()}
+	}
+	return noAddressResult(domain, dnsErrs)
 }
 
 // targets returns the hosts to try for domain: the route, or the MX hosts,

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/hermod-mta/hermod/internal/testnet"
+	"github.com/hermod-mta/hermod/vocab"
 )
 
 const testBody = "From: a@example.test\r\nTo: b@example.test\r\nSubject: hi\r\n\r\nline one\r\n.line with a leading dot\r\n"
@@ -142,7 +143,7 @@ func (e *testEnv) deliver(t *testing.T, rcpt string) Result {
 func TestDeliverSent(t *testing.T) {
 	e := setup(t, nil, nil)
 	got := e.deliver(t, "taro@example.test")
-	want := Result{Outcome: Sent, Host: "mx.example.test", Addr: e.sink.addr, Code: 250, EnhancedCode: "2.0.0", Text: "OK: queued", Stage: StageData}
+	want := Result{Outcome: Sent, Host: "mx.example.test", Addr: e.sink.addr, Code: 250, EnhancedCode: "2.0.0", Text: "OK: queued", Stage: StageEndOfData, Phase: vocab.PhaseEndOfData}
 	if got != want {
 		t.Errorf("Deliver result\n got %+v\nwant %+v", got, want)
 	}
@@ -163,36 +164,36 @@ func TestDeliverStageReplies(t *testing.T) {
 		want Result
 	}{
 		{"greeting 421", func(s *sink) { s.greeting = "421-4.3.2 busy\r\n421 4.3.2 come back later\r\n" },
-			Result{Outcome: Temporary, Stage: StageGreeting, Code: 421, EnhancedCode: "4.3.2", Text: "busy\ncome back later"}},
+			Result{Outcome: Temporary, Phase: vocab.PhaseConnect, Stage: StageGreeting, Code: 421, EnhancedCode: "4.3.2", Text: "busy\ncome back later"}},
 		{"greeting 554", func(s *sink) { s.greeting = "554 5.7.1 no SMTP service here\r\n" },
-			Result{Outcome: Permanent, Stage: StageGreeting, Code: 554, EnhancedCode: "5.7.1", Text: "no SMTP service here"}},
+			Result{Outcome: Permanent, Phase: vocab.PhaseConnect, Stage: StageGreeting, Code: 554, EnhancedCode: "5.7.1", Text: "no SMTP service here"}},
 		{"ehlo 421", func(s *sink) { s.ehlo = func(int) error { return smtpErr(421, "4.7.0", "too many sessions") } },
-			Result{Outcome: Temporary, Stage: StageEHLO, Code: 421, EnhancedCode: "4.7.0", Text: "too many sessions"}},
+			Result{Outcome: Temporary, Phase: vocab.PhaseEHLO, Stage: StageEHLO, Code: 421, EnhancedCode: "4.7.0", Text: "too many sessions"}},
 		{"ehlo 550", func(s *sink) { s.ehlo = func(int) error { return smtpErr(550, "5.7.1", "go away") } },
-			Result{Outcome: Permanent, Stage: StageEHLO, Code: 550, EnhancedCode: "5.7.1", Text: "go away"}},
+			Result{Outcome: Permanent, Phase: vocab.PhaseEHLO, Stage: StageEHLO, Code: 550, EnhancedCode: "5.7.1", Text: "go away"}},
 		{"mail 451", func(s *sink) { s.mail = func(string) error { return smtpErr(451, "4.3.0", "local error, try again") } },
-			Result{Outcome: Temporary, Stage: StageMail, Code: 451, EnhancedCode: "4.3.0", Text: "local error, try again"}},
+			Result{Outcome: Temporary, Phase: vocab.PhaseMail, Stage: StageMail, Code: 451, EnhancedCode: "4.3.0", Text: "local error, try again"}},
 		{"mail 553", func(s *sink) { s.mail = func(string) error { return smtpErr(553, "5.7.1", "sender rejected") } },
-			Result{Outcome: Permanent, Stage: StageMail, Code: 553, EnhancedCode: "5.7.1", Text: "sender rejected"}},
+			Result{Outcome: Permanent, Phase: vocab.PhaseMail, Stage: StageMail, Code: 553, EnhancedCode: "5.7.1", Text: "sender rejected"}},
 		{"rcpt 450 greylist", func(s *sink) {
 			s.rcpt = func(string) error { return smtpErr(450, "4.2.0", "Greylisted, see https://grey.test/") }
 		},
-			Result{Outcome: Temporary, Stage: StageRcpt, Code: 450, EnhancedCode: "4.2.0", Text: "Greylisted, see https://grey.test/"}},
+			Result{Outcome: Temporary, Phase: vocab.PhaseRcpt, Stage: StageRcpt, Code: 450, EnhancedCode: "4.2.0", Text: "Greylisted, see https://grey.test/"}},
 		{"rcpt 550 unknown", func(s *sink) {
 			s.rcpt = func(to string) error {
 				return smtpErr(550, "5.1.1", "<"+to+">: Recipient address rejected: User unknown in local recipient table")
 			}
-		}, Result{Outcome: Permanent, Stage: StageRcpt, Code: 550, EnhancedCode: "5.1.1", Text: "<taro@example.test>: Recipient address rejected: User unknown in local recipient table"}},
+		}, Result{Outcome: Permanent, Phase: vocab.PhaseRcpt, Stage: StageRcpt, Code: 550, EnhancedCode: "5.1.1", Text: "<taro@example.test>: Recipient address rejected: User unknown in local recipient table"}},
 		{"rcpt 550 no enhanced code", func(s *sink) { s.rcpt = func(string) error { return smtpErr(550, "", "no such user") } },
-			Result{Outcome: Permanent, Stage: StageRcpt, Code: 550, Text: "no such user"}},
+			Result{Outcome: Permanent, Phase: vocab.PhaseRcpt, Stage: StageRcpt, Code: 550, Text: "no such user"}},
 		{"data 452", func(s *sink) {
 			s.data = func([]byte) error { return smtpErr(452, "4.3.1", "Insufficient system storage") }
 		},
-			Result{Outcome: Temporary, Stage: StageData, Code: 452, EnhancedCode: "4.3.1", Text: "Insufficient system storage"}},
+			Result{Outcome: Temporary, Phase: vocab.PhaseEndOfData, Stage: StageEndOfData, Code: 452, EnhancedCode: "4.3.1", Text: "Insufficient system storage"}},
 		{"data 554 spam", func(s *sink) {
 			s.data = func([]byte) error { return smtpErr(554, "5.7.1", "Message rejected as spam") }
 		},
-			Result{Outcome: Permanent, Stage: StageData, Code: 554, EnhancedCode: "5.7.1", Text: "Message rejected as spam"}},
+			Result{Outcome: Permanent, Phase: vocab.PhaseEndOfData, Stage: StageEndOfData, Code: 554, EnhancedCode: "5.7.1", Text: "Message rejected as spam"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := setup(t, tc.cfg, nil)
@@ -225,7 +226,7 @@ func TestHELOFallback(t *testing.T) {
 func TestDropMidData(t *testing.T) {
 	e := setup(t, func(s *sink) { s.dropInData = true }, nil)
 	got := e.deliver(t, "taro@example.test")
-	if got.Outcome != Temporary || got.Stage != StageData || got.Code != 0 || got.Text == "" {
+	if got.Outcome != Temporary || got.Stage != StageEndOfData || got.Phase != vocab.PhaseEndOfData || got.Code != 0 || got.Text == "" {
 		t.Errorf("Deliver = %+v, want Temporary at data without code, with a description", got)
 	}
 	if n := len(e.sink.messages()); n != 0 {
@@ -555,7 +556,7 @@ func TestDataTimeout(t *testing.T) {
 	}, func(o *Options) { o.DataTimeout = 200 * time.Millisecond })
 	t.Cleanup(func() { close(release) })
 	got := e.deliver(t, "a@example.test")
-	if got.Outcome != Temporary || got.Stage != StageData || got.Code != 0 || !strings.Contains(got.Text, "timeout") {
+	if got.Outcome != Temporary || got.Stage != StageEndOfData || got.Phase != vocab.PhaseEndOfData || got.Code != 0 || !strings.Contains(got.Text, "timeout") {
 		t.Errorf("Deliver = %+v, want Temporary data timeout", got)
 	}
 }

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
+
+	"github.com/hermod-mta/hermod/vocab"
 )
 
 // quitTimeout bounds the QUIT sent when an idle connection is dropped.
@@ -25,6 +27,7 @@ var errClosed = errors.New("relay: closed")
 // envelope is one delivery's data.
 type envelope struct {
 	from, to string
+	domain   string // the recipient's domain, A-labels (for the loop message)
 	body     Message
 	needUTF8 bool // the envelope itself is non-ASCII
 	wantUTF8 bool // envelope or header non-ASCII: ask SMTPUTF8 when offered
@@ -223,17 +226,20 @@ func (r *Relay) Close() error {
 
 // attempt delivers env through addr (a host of name). next reports
 // whether the caller should try the next address: the host could not be
-// reached or refused the session before MAIL.
-func (r *Relay) attempt(ctx context.Context, name, addr string, env envelope) (res Result, next bool) {
+// reached or refused the session before MAIL. connected reports whether a
+// connection was made (a pooled one used, or TCP connected): it counts
+// against Options.MXSessionLimit.
+func (r *Relay) attempt(ctx context.Context, name, addr string, env envelope) (res Result, next, connected bool) {
 	s, err := r.acquire(ctx, addr)
 	if err != nil {
-		return Result{Outcome: Temporary, Host: name, Addr: addr, Stage: StageConnect, Text: err.Error()}, false
+		return Result{Outcome: Temporary, Host: name, Addr: addr, Stage: StageConnect, Text: err.Error()}, false, false
 	}
-	if s != nil {
+	pooled := s != nil
+	if pooled {
 		s.host = name // the pool is per address; report the name this delivery used
 		res, retry := r.transact(ctx, s, env, true)
 		if !retry {
-			return res, false
+			return res, false, true
 		}
 		r.log.Debug("relay: pooled connection failed, reconnecting", "mx", s.host, "addr", addr, "err", res.Text)
 		s.close()
@@ -241,20 +247,21 @@ func (r *Relay) attempt(ctx context.Context, name, addr string, env envelope) (r
 	}
 	if r.isClosed() {
 		r.release(addr, nil, false)
-		return Result{Outcome: Temporary, Host: name, Addr: addr, Stage: StageConnect, Text: errClosed.Error()}, false
+		return Result{Outcome: Temporary, Host: name, Addr: addr, Stage: StageConnect, Text: errClosed.Error()}, false, pooled
 	}
-	s, res = r.connect(ctx, name, addr, true)
-	if s == nil && res.Stage == StageSTARTTLS {
+	s, res = r.connect(ctx, name, addr, env, true)
+	connected = pooled || s != nil || res.Stage != StageConnect
+	if s == nil && res.Stage == StageSTARTTLS && ctx.Err() == nil {
 		// Postfix behaviour: a failed TLS handshake is retried once in plain text.
 		r.log.Info("relay: TLS handshake failed, retrying without STARTTLS", "mx", name, "addr", addr, "err", res.Text)
-		s, res = r.connect(ctx, name, addr, false)
+		s, res = r.connect(ctx, name, addr, env, false)
 	}
 	if s == nil {
 		r.release(addr, nil, false)
-		return res, true
+		return res, !res.Loop, connected
 	}
 	res, _ = r.transact(ctx, s, env, false)
-	return res, false
+	return res, false, true
 }
 
 func (r *Relay) isClosed() bool {
@@ -265,7 +272,7 @@ func (r *Relay) isClosed() bool {
 
 // connect dials addr and runs greeting, EHLO and (when offered and
 // useTLS) STARTTLS. On failure the session is nil and res says why.
-func (r *Relay) connect(ctx context.Context, name, addr string, useTLS bool) (s *session, res Result) {
+func (r *Relay) connect(ctx context.Context, name, addr string, env envelope, useTLS bool) (s *session, res Result) {
 	fail := func(stage string, err error) (*session, Result) {
 		res := errResult(stage, err)
 		res.Host, res.Addr = name, addr
@@ -285,12 +292,30 @@ func (r *Relay) connect(ctx context.Context, name, addr string, useTLS bool) (s 
 	wc := newConn(raw)
 	wc.greetLimit = start.Add(r.opts.ConnectTimeout)
 	c := r.newClient(wc)
-	if err := c.Hello(r.opts.Hostname); err != nil {
+	if err := wc.check(c.Hello(r.opts.Hostname)); err != nil {
 		_ = raw.Close()
 		if !wc.greeted() {
 			return fail(StageGreeting, err)
 		}
 		return fail(StageEHLO, err)
+	}
+	// A mail loop (Postfix: "mail for X loops back to myself"): the host
+	// names itself with one of our names. Permanent 5.4.6, Code 0, Loop.
+	loop := func(stage string, line string) (*session, Result) {
+		_ = raw.Close()
+		r.log.Warn("relay: mail loop: the remote host uses my own name", "mx", name, "addr", addr, "stage", stage, "reply", line)
+		how := "answered EHLO with"
+		if stage == StageGreeting {
+			how = "greeted with"
+		}
+		return nil, Result{Outcome: Permanent, Host: name, Addr: addr, Stage: stage, EnhancedCode: "5.4.6", Loop: true,
+			Text: fmt.Sprintf("mail for %s loops back to myself (host %s[%s] %s %q)", env.domain, name, addr, how, line)}
+	}
+	if l := wc.greetingLine(); r.isOwnName(replyName(l)) {
+		return loop(StageGreeting, l)
+	}
+	if l := wc.replyLine(); r.isOwnName(replyName(l)) {
+		return loop(StageEHLO, l)
 	}
 	s = &session{c: c, conn: wc, raw: raw, host: name, addr: addr}
 	if ok, _ := c.Extension("STARTTLS"); ok && useTLS {
@@ -308,9 +333,12 @@ func (r *Relay) connect(ctx context.Context, name, addr string, useTLS bool) (s 
 			wc2 := newConn(tc)
 			wc2.prefix = []byte("220 " + name + " TLS session\r\n")
 			c2 := r.newClient(wc2)
-			if err := c2.Hello(r.opts.Hostname); err != nil {
+			if err := wc2.check(c2.Hello(r.opts.Hostname)); err != nil {
 				_ = raw.Close()
 				return fail(StageEHLO, err)
+			}
+			if l := wc2.replyLine(); r.isOwnName(replyName(l)) {
+				return loop(StageEHLO, l)
 			}
 			s = &session{c: c2, conn: wc2, raw: raw, host: name, addr: addr, tls: true}
 		}
@@ -338,7 +366,7 @@ func (r *Relay) startTLS(ctx context.Context, wc *conn, raw net.Conn, name strin
 	// The server sends nothing after its 220 until our ClientHello, so this
 	// reader cannot swallow handshake bytes.
 	code, msg, err := textproto.NewReader(bufio.NewReader(wc)).ReadResponse(220)
-	if err != nil {
+	if err = wc.check(err); err != nil {
 		var te *textproto.Error
 		if errors.As(err, &te) {
 			return nil, parseReply(code, msg)
@@ -381,7 +409,7 @@ func (r *Relay) transact(ctx context.Context, s *session, env envelope, reused b
 		}
 		if healthy {
 			s.conn.setLimit(time.Now().Add(r.opts.CommandTimeout))
-			healthy = s.c.Reset() == nil
+			healthy = s.conn.check(s.c.Reset()) == nil
 			s.conn.setLimit(time.Time{})
 		}
 		r.release(s.addr, s, healthy)
@@ -398,7 +426,7 @@ func (r *Relay) transact(ctx context.Context, s *session, env envelope, reused b
 
 	if reused {
 		// go-smtp forgets the EHLO on RSET; say it again (and probe the connection).
-		if err := s.c.Hello(r.opts.Hostname); err != nil {
+		if err := s.conn.check(s.c.Hello(r.opts.Hostname)); err != nil {
 			return fail(StageEHLO, err), stale(err)
 		}
 	}
@@ -410,27 +438,32 @@ func (r *Relay) transact(ctx context.Context, s *session, env envelope, reused b
 		return Result{Outcome: Permanent, Host: s.host, Addr: s.addr, TLS: s.tls, Stage: StageMail, EnhancedCode: "5.6.7",
 			Text: fmt.Sprintf("SMTPUTF8 is required, but was not offered by host %s[%s]", s.host, s.addr)}, false
 	}
-	if err := s.c.Mail(env.from, opts); err != nil {
+	if err := s.conn.check(s.c.Mail(env.from, opts)); err != nil {
 		return fail(StageMail, err), reused && stale(err)
 	}
-	if err := s.c.Rcpt(env.to, nil); err != nil {
+	if err := s.conn.check(s.c.Rcpt(env.to, nil)); err != nil {
 		return fail(StageRcpt, err), false
 	}
 	w, err := s.c.Data()
-	if err != nil {
+	if err = s.conn.check(err); err != nil {
 		return fail(StageData, err), false
 	}
 	s.conn.setLimit(time.Now().Add(r.opts.DataTimeout))
 	defer s.conn.setLimit(time.Time{})
+	endOfData := func(err error) Result {
+		res := fail(StageEndOfData, err)
+		res.Phase = vocab.PhaseEndOfData
+		return res
+	}
 	if _, err := io.Copy(w, io.NewSectionReader(env.body, 0, env.body.Size())); err != nil {
-		return fail(StageData, err), false
+		return endOfData(err), false
 	}
 	resp, err := w.CloseWithResponse()
-	if err != nil {
-		return fail(StageData, err), false
+	if err = s.conn.check(err); err != nil {
+		return endOfData(err), false
 	}
 	res = replyResult(parseReply(250, resp.StatusText))
-	res.Outcome, res.Stage = Sent, StageData
+	res.Outcome, res.Stage, res.Phase = Sent, StageEndOfData, vocab.PhaseEndOfData
 	res.Host, res.Addr, res.TLS = s.host, s.addr, s.tls
 	return res, false
 }
@@ -451,8 +484,34 @@ func errResult(stage string, err error) Result {
 		res.Stage = stage
 		return res
 	}
+	if IsReplyLimit(err) {
+		// A hostile or broken server: our limit, not its reply. Temporary
+		// (Code 0, so classified as a network failure), connection closed.
+		return Result{Outcome: Temporary, Stage: stage, Text: "remote server misbehaved: " + err.Error()}
+	}
 	return Result{Outcome: Temporary, Stage: stage, Text: err.Error()}
 }
+
+// replyName returns the host name a greeting or EHLO reply line starts
+// with ("220 mx.example.test ESMTP" → "mx.example.test"), normalised.
+func replyName(line string) string {
+	if len(line) < 4 || (line[3] != ' ' && line[3] != '-') {
+		return ""
+	}
+	f := strings.Fields(line[4:])
+	if len(f) == 0 {
+		return ""
+	}
+	return normName(f[0])
+}
+
+// normName lower-cases a host name and drops a trailing dot.
+func normName(n string) string {
+	return strings.TrimSuffix(strings.ToLower(strings.TrimSpace(n)), ".")
+}
+
+// isOwnName reports whether n (normalised) is one of this host's names.
+func (r *Relay) isOwnName(n string) bool { return n != "" && r.own[n] }
 
 func replyResult(se *smtp.SMTPError) Result {
 	res := Result{Outcome: Temporary, Code: se.Code, Text: se.Message}
