@@ -152,7 +152,12 @@ func New(cfg *config.Config, log *slog.Logger, o Options) (_ *Daemon, err error)
 
 	d.Relay, err = relay.New(relay.Options{
 		Hostname: cfg.Relay.HELO, Resolvers: cfg.Relay.Resolvers, Port: cfg.Relay.Port, Routes: routes(cfg),
+		// The runner schedules (relay.concurrency in all, relay.per_destination
+		// per recipient domain); the relay's own caps equal them, so they
+		// never make a delivery wait while holding a slot.
 		Concurrency: cfg.Relay.Concurrency, PerDestination: cfg.Relay.PerDestination,
+		MXAddressLimit: cfg.Relay.MXAddressLimit, MXSessionLimit: cfg.Relay.MXSessionLimit,
+		AttemptTimeout: cfg.Relay.AttemptTimeout, OwnNames: []string{cfg.Hostname},
 		ConnectTimeout: cfg.Relay.ConnectTimeout, CommandTimeout: cfg.Relay.CommandTimeout, DataTimeout: cfg.Relay.DataTimeout,
 		Dialer: o.RelayDialer, Logger: log, Now: o.Now,
 	})
@@ -186,7 +191,8 @@ func New(cfg *config.Config, log *slog.Logger, o Options) (_ *Daemon, err error)
 	})
 	notifier.pipeline = d.Pipeline
 	d.Runner = queue.NewRunner(d.Store, &deliverer{relay: d.Relay, suppress: d.Suppress}, queue.RunnerOptions{
-		Concurrency: cfg.Relay.Concurrency, Retry: cfg.Relay.Retry, MaxAge: cfg.Relay.MaxAge, Jitter: 0.1,
+		Concurrency: cfg.Relay.Concurrency, PerDestination: cfg.Relay.PerDestination,
+		Retry: cfg.Relay.Retry, MaxAge: cfg.Relay.MaxAge, Jitter: 0.1,
 		OnAttempt: observeAttempt(log, m),
 	})
 	tlsConf, err := loadTLS(cfg)
