@@ -452,3 +452,28 @@ func TestOversignMatters(t *testing.T) {
 		t.Errorf("without oversigning, an added From should still verify: %v", err)
 	}
 }
+
+func TestZoneText(t *testing.T) {
+	a255, a256 := strings.Repeat("a", 255), strings.Repeat("a", 256)
+	for in, want := range map[string]string{
+		"":                       `""`,
+		"v=DKIM1; k=ed25519; p=": `"v=DKIM1; k=ed25519; p="`,
+		`a"b\c`:                  `"a\"b\\c"`,
+		"tab\there\x7f":          `"tab\009here\127"`,
+		a255:                     `"` + a255 + `"`,
+		a256:                     `"` + a255 + `" "a"`,
+		a255 + a255 + "bc":       `"` + a255 + `" "` + a255 + `" "bc"`,
+		// The limit counts octets on the wire, not escaped characters.
+		strings.Repeat(`"`, 256): `"` + strings.Repeat(`\"`, 255) + `" "\""`,
+	} {
+		if got := ZoneText(in); got != want {
+			t.Errorf("ZoneText(%.20q…) = %.80q…, want %.80q…", in, got, want)
+		}
+	}
+	if got, want := ZoneRecord("s._domainkey.example.invalid.", "x"), "s._domainkey.example.invalid.\tTXT\t\"x\""; got != want {
+		t.Errorf("ZoneRecord = %q, want %q", got, want)
+	}
+	if got, want := ZoneRecord("s._domainkey.example.invalid", "x"), "s._domainkey.example.invalid.\tTXT\t\"x\""; got != want {
+		t.Errorf("ZoneRecord without the dot = %q, want %q", got, want)
+	}
+}
