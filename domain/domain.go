@@ -162,6 +162,12 @@ type Options struct {
 	// FreemailExtra adds public mailbox provider domains to the embedded
 	// list; "name.*" matches name under any public suffix.
 	FreemailExtra []string
+	// PlatformDomains are the platform's own domains: the domain of
+	// sender.default_from, the bounce domain and the platform DKIM domain.
+	// None of them can be registered, nor their registrable domain (eTLD+1:
+	// makeleaps.com for m.makeleaps.com), nor anything under it
+	// (CodePlatformDomain).
+	PlatformDomains []string
 	// Resolver answers the verification queries. Required. Its cache
 	// should not keep answers longer than a few seconds, or verification
 	// sees fixes late.
@@ -185,6 +191,9 @@ type Store struct {
 	writeMu sync.Mutex
 	// notifyMu serialises sending and clearing pending notices.
 	notifyMu sync.Mutex
+
+	// platform are the registrable domains of Options.PlatformDomains.
+	platform []string
 
 	mu       sync.RWMutex
 	accounts map[string]bool       // account ID → has the custom-domain option
@@ -231,14 +240,19 @@ func Open(db *bbolt.DB, opts Options) (*Store, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
+	platform, err := platformZones(opts.PlatformDomains)
+	if err != nil {
+		return nil, err
+	}
 	s := &Store{
 		db:       db,
 		opts:     opts,
 		log:      opts.Logger,
+		platform: platform,
 		accounts: make(map[string]bool),
 		verified: make(map[string]signingKey),
 	}
-	err := db.Update(func(tx *bbolt.Tx) error {
+	err = db.Update(func(tx *bbolt.Tx) error {
 		for _, b := range [][]byte{bucketAccount, bucketDomain, bucketByAccount, bucketDue, bucketKeys} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return fmt.Errorf("create bucket %s: %w", b, err)
