@@ -3,6 +3,7 @@ package reliability
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -111,6 +112,7 @@ func TestIdentity(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	var lastCode string // the "code" of the last error answer
 	api := func(method, path, body string) int {
 		req, _ := http.NewRequest(method, "http://"+d.Addr("api.listen")+path, strings.NewReader(body))
 		req.Header.Set("Authorization", "Bearer "+tok)
@@ -118,7 +120,10 @@ func TestIdentity(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		resp.Body.Close()
+		defer resp.Body.Close()
+		var e struct{ Code string }
+		_ = json.NewDecoder(resp.Body).Decode(&e)
+		lastCode = e.Code
 		return resp.StatusCode
 	}
 	for _, acct := range []string{"acme", "other"} {
@@ -131,12 +136,18 @@ func TestIdentity(t *testing.T) {
 			t.Fatalf("other: add %s: %d", dom, c)
 		}
 	}
-	grabs := []string{"makeleaps.test", "m.makeleaps.test", "hermod-bounce.m.makeleaps.test", "news.makeleaps.test", "sub.corp.test", "shop.test", "x.mail.shop.test"}
+	grabs := map[string]string{ // domain → the refusal's code
+		"makeleaps.test": "platform_domain", "m.makeleaps.test": "platform_domain",
+		"hermod-bounce.m.makeleaps.test": "platform_domain", "news.makeleaps.test": "platform_domain",
+		"sub.corp.test": "subdomain_of_taken", "x.mail.shop.test": "subdomain_of_taken", "shop.test": "parent_of_taken",
+	}
 	registered := 0
-	for _, dom := range grabs {
+	for dom, code := range grabs {
 		if c := api("POST", "/v1/accounts/acme/domains", `{"domain":"`+dom+`"}`); c/100 == 2 {
 			registered++
 			t.Errorf("acme registered %s (%d)", dom, c)
+		} else if lastCode != code {
+			t.Errorf("acme: %s refused with %d code %q, want %q", dom, c, lastCode, code)
 		}
 	}
 
