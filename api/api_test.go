@@ -574,7 +574,7 @@ func TestAccountsAndDomains(t *testing.T) {
 		t.Fatalf("added domain: %+v", d)
 	}
 	txt, cname := d.Records[0], d.Records[1]
-	if txt.Type != "TXT" || txt.Name != d.Selector+"._domainkey.acme.example" || !strings.HasPrefix(txt.Value, "v=DKIM1;") || !strings.Contains(txt.Value, "p=") {
+	if txt.Type != "TXT" || txt.Name != d.Selector+"._domainkey.acme.example" || !strings.HasPrefix(txt.Value, "\"v=DKIM1;") || !strings.Contains(txt.Value, "p=") {
 		t.Errorf("TXT record: %+v", txt)
 	}
 	if cname.Type != "CNAME" || cname.Name != "hermod-bounce.acme.example" || cname.Value != "m.makeleaps.test" {

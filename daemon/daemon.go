@@ -87,6 +87,9 @@ func New(cfg *config.Config, log *slog.Logger, o Options) (_ *Daemon, err error)
 	if o.Now == nil {
 		o.Now = time.Now
 	}
+	if err := checkPermissions(cfg); err != nil {
+		return nil, err
+	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create data_dir %s: %w", cfg.DataDir, err)
 	}
@@ -178,7 +181,7 @@ func New(cfg *config.Config, log *slog.Logger, o Options) (_ *Daemon, err error)
 	resolver.SetObserver(dnsObserver(m))
 	d.Domains, err = domain.Open(d.Store.DB(), domain.Options{
 		ReturnPathLabel: cfg.Sender.ReturnPathLabel, BounceHost: cfg.Bounce.Domain, Algorithm: cfg.Sender.DKIMAlgorithm,
-		VerifyTimeout: cfg.Sender.VerifyTimeout, FreemailExtra: cfg.Sender.FreemailExtra,
+		VerifyTimeout: cfg.Sender.VerifyTimeout, FreemailExtra: cfg.Sender.FreemailExtra, PlatformDomains: platformDomains(cfg),
 		Resolver: resolver, Notifier: notifier, Now: o.Now, Logger: log,
 	})
 	if err != nil {

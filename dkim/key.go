@@ -176,8 +176,9 @@ func loadKey(path string) (crypto.Signer, error) {
 // "<selector>._domainkey.<domain>" (RFC 6376 3.6.1): "v=DKIM1; k=rsa;
 // p=<SubjectPublicKeyInfo>" or "v=DKIM1; k=ed25519; p=<raw key>" (RFC 8463),
 // base64-encoded. An RSA-2048 record is longer than 255 bytes, so whoever
-// publishes it must split it into several strings of one record. It returns
-// an error for keys other than *rsa.PublicKey and ed25519.PublicKey.
+// publishes it must split it into several strings of one record: ZoneText
+// writes it so. It returns an error for keys other than *rsa.PublicKey and
+// ed25519.PublicKey.
 func TXTRecord(pub crypto.PublicKey) (string, error) {
 	alg, err := algorithmOf(pub)
 	if err != nil {
@@ -194,6 +195,49 @@ func TXTRecord(pub crypto.PublicKey) (string, error) {
 		raw = pub.(ed25519.PublicKey)
 	}
 	return "v=DKIM1; k=" + string(alg) + "; p=" + base64.StdEncoding.EncodeToString(raw), nil
+}
+
+// maxTXTString is the longest character-string of a TXT record, in octets
+// (RFC 1035 3.3: a length octet, then the data).
+const maxTXTString = 255
+
+// ZoneText returns txt as the RDATA of a TXT record in zone-file
+// presentation form (RFC 1035 5.1), as BIND's named-checkzone and DNS
+// consoles that take zone text accept it: one or more quoted strings of at
+// most 255 octets each, separated by a space, with '"' and '\' escaped and
+// octets outside printable ASCII written as \DDD. A DKIM verifier joins the
+// strings without separators (RFC 6376 3.6.2.2), so the record means txt.
+// The empty string is one empty quoted string.
+func ZoneText(txt string) string {
+	var b strings.Builder
+	for first := true; first || txt != ""; first = false {
+		n := min(len(txt), maxTXTString)
+		if !first {
+			b.WriteByte(' ')
+		}
+		b.WriteByte('"')
+		for i := 0; i < n; i++ {
+			switch c := txt[i]; {
+			case c == '"' || c == '\\':
+				b.WriteByte('\\')
+				b.WriteByte(c)
+			case c < 0x20 || c > 0x7e:
+				fmt.Fprintf(&b, "\\%03d", c)
+			default:
+				b.WriteByte(c)
+			}
+		}
+		b.WriteByte('"')
+		txt = txt[n:]
+	}
+	return b.String()
+}
+
+// ZoneRecord returns the zone-file line that publishes txt at the DNS name
+// owner (absolute; a trailing dot is added when missing): owner, a tab,
+// "TXT", a tab and ZoneText(txt), without a line end.
+func ZoneRecord(owner, txt string) string {
+	return strings.TrimSuffix(owner, ".") + ".\tTXT\t" + ZoneText(txt)
 }
 
 // algorithmOf returns the Algorithm of a public key.

@@ -66,10 +66,17 @@ const (
 // Record is one DNS record the customer must publish, with what the last
 // check found.
 type Record struct {
-	Name  string `json:"name"`
-	Type  string `json:"type"` // "TXT" or "CNAME"
+	Name string `json:"name"`
+	Type string `json:"type"` // "TXT" or "CNAME"
+	// Value is what the customer publishes at Name. For a TXT record it is
+	// zone text: quoted strings of at most 255 octets (dkim.ZoneText), as
+	// DNS consoles that take zone text and BIND accept it; for a CNAME it
+	// is the target host name.
 	Value string `json:"value"`
-	OK    bool   `json:"ok"`
+	// Zone is the record as one line of a zone file: absolute name, type
+	// and data ("sel._domainkey.example.com.\tTXT\t\"v=DKIM1; …\" \"…\"").
+	Zone string `json:"zone,omitempty"`
+	OK   bool   `json:"ok"`
 	// Found is what DNS had at Name (TXT values joined, CNAME target).
 	Found []string `json:"found,omitempty"`
 	// Problem says what is wrong, for the user: missing, wrong value…
@@ -155,6 +162,12 @@ type Options struct {
 	// FreemailExtra adds public mailbox provider domains to the embedded
 	// list; "name.*" matches name under any public suffix.
 	FreemailExtra []string
+	// PlatformDomains are the platform's own domains: the domain of
+	// sender.default_from, the bounce domain and the platform DKIM domain.
+	// None of them can be registered, nor their registrable domain (eTLD+1:
+	// makeleaps.com for m.makeleaps.com), nor anything under it
+	// (CodePlatformDomain).
+	PlatformDomains []string
 	// Resolver answers the verification queries. Required. Its cache
 	// should not keep answers longer than a few seconds, or verification
 	// sees fixes late.
@@ -178,6 +191,9 @@ type Store struct {
 	writeMu sync.Mutex
 	// notifyMu serialises sending and clearing pending notices.
 	notifyMu sync.Mutex
+
+	// platform are the registrable domains of Options.PlatformDomains.
+	platform []string
 
 	mu       sync.RWMutex
 	accounts map[string]bool       // account ID → has the custom-domain option
@@ -224,14 +240,19 @@ func Open(db *bbolt.DB, opts Options) (*Store, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
+	platform, err := platformZones(opts.PlatformDomains)
+	if err != nil {
+		return nil, err
+	}
 	s := &Store{
 		db:       db,
 		opts:     opts,
 		log:      opts.Logger,
+		platform: platform,
 		accounts: make(map[string]bool),
 		verified: make(map[string]signingKey),
 	}
-	err := db.Update(func(tx *bbolt.Tx) error {
+	err = db.Update(func(tx *bbolt.Tx) error {
 		for _, b := range [][]byte{bucketAccount, bucketDomain, bucketByAccount, bucketDue, bucketKeys} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return fmt.Errorf("create bucket %s: %w", b, err)
@@ -314,12 +335,16 @@ func (s *Store) update(fn func(tx *bbolt.Tx) error, after func()) error {
 }
 
 // Records returns the two records the customer publishes for d, DKIM TXT
-// first then Return-Path CNAME, with the findings of the last check.
+// first then Return-Path CNAME, with the findings of the last check. The
+// TXT Value is zone text (quoted strings of at most 255 octets); Zone is
+// each record as a zone-file line.
 func (s *Store) Records(d Domain) []Record {
 	txt := d.DKIM
-	txt.Name, txt.Type, txt.Value = dkimName(d), "TXT", d.PublicTXT
+	txt.Name, txt.Type, txt.Value = dkimName(d), "TXT", dkim.ZoneText(d.PublicTXT)
+	txt.Zone = dkim.ZoneRecord(txt.Name, d.PublicTXT)
 	cname := d.CNAME
 	cname.Name, cname.Type, cname.Value = d.ReturnPath, "CNAME", s.opts.BounceHost
+	cname.Zone = cname.Name + ".\tCNAME\t" + cname.Value + "."
 	return []Record{txt, cname}
 }
 

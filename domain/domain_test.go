@@ -315,7 +315,7 @@ func TestRecords(t *testing.T) {
 	if len(recs) != 2 {
 		t.Fatalf("Records = %+v", recs)
 	}
-	if r := recs[0]; r.Type != "TXT" || r.Name != d.Selector+"._domainkey.acme.invalid" || !strings.HasPrefix(r.Value, "v=DKIM1; k=rsa; p=MII") {
+	if r := recs[0]; r.Type != "TXT" || r.Name != d.Selector+"._domainkey.acme.invalid" || !strings.HasPrefix(r.Value, "\"v=DKIM1; k=rsa; p=MII") {
 		t.Errorf("TXT record %+v", r)
 	}
 	if r := recs[1]; r.Type != "CNAME" || r.Name != "hermod-bounce.acme.invalid" || r.Value != bounceHost {

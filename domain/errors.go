@@ -13,6 +13,15 @@ const (
 	CodeExists          = "exists"            // 409: domain already on this account
 	CodeTaken           = "taken"             // 409: domain registered by another account
 	CodeNotFound        = "domain_not_found"  // 404: no such domain on this account
+	// CodePlatformDomain (403): the domain is, or is under, the platform's
+	// own (sender, bounce or DKIM) registrable domain.
+	CodePlatformDomain = "platform_domain"
+	// CodeSubdomainTaken (409): the domain is under a domain another
+	// account registered.
+	CodeSubdomainTaken = "subdomain_of_taken"
+	// CodeParentTaken (409): another account registered a domain under
+	// this one.
+	CodeParentTaken = "parent_of_taken"
 )
 
 // Error is a refusal the caller can show to the user: Msg is English text
@@ -46,4 +55,7 @@ var (
 	ErrExists          = &Error{CodeExists, http.StatusConflict, "domain already registered on this account"}
 	ErrTaken           = &Error{CodeTaken, http.StatusConflict, "domain registered by another account"}
 	ErrNotFound        = &Error{CodeNotFound, http.StatusNotFound, "domain not found"}
+	ErrPlatformDomain  = &Error{CodePlatformDomain, http.StatusForbidden, "the mail platform's own domains cannot be registered"}
+	ErrSubdomainTaken  = &Error{CodeSubdomainTaken, http.StatusConflict, "domain is under a domain registered by another account"}
+	ErrParentTaken     = &Error{CodeParentTaken, http.StatusConflict, "another account registered a domain under this one"}
 )

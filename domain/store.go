@@ -79,9 +79,10 @@ func getAccount(tx *bbolt.Tx, id string) (Account, error) {
 // Unicode, upper case and a trailing dot are accepted) on the account,
 // creates its DKIM key and returns it pending. Refusals are *Error values:
 // CodeAccountNotFound, CodeOptionRequired, CodeNotADomain,
-// CodePublicSuffix, CodeFreemail, CodeExists, and CodeTaken when another
-// account holds the domain (a domain has one owner: its key, Return-Path
-// and notifications are the owner's).
+// CodePublicSuffix, CodeFreemail, CodePlatformDomain, CodeExists, and
+// CodeTaken when another account holds the domain (a domain has one owner:
+// its key, Return-Path and notifications are the owner's), CodeSubdomainTaken
+// and CodeParentTaken when it holds a parent or a subdomain of it.
 func (s *Store) AddDomain(accountID, input string) (Domain, error) {
 	acct, err := s.Account(accountID)
 	if err != nil {
@@ -102,6 +103,9 @@ func (s *Store) AddDomain(accountID, input string) (Domain, error) {
 	if IsFreemail(name, s.opts.FreemailExtra) {
 		return Domain{}, &Error{CodeFreemail, http.StatusBadRequest,
 			fmt.Sprintf("%s is a public mailbox provider anyone can use and cannot be registered: enter a domain your company owns (Google Workspace domains are fine)", uname)}
+	}
+	if err := s.checkPlatform(name, uname); err != nil {
+		return Domain{}, err
 	}
 	if err := s.checkFree(accountID, name, uname); err != nil { // before the slow key generation
 		return Domain{}, err
@@ -167,7 +171,7 @@ func (s *Store) checkFree(accountID, name, uname string) error {
 func conflict(tx *bbolt.Tx, accountID, name, uname string) error {
 	v := tx.Bucket(bucketDomain).Get([]byte(name))
 	if v == nil {
-		return nil
+		return related(tx, accountID, name, uname)
 	}
 	var d stored
 	if err := json.Unmarshal(v, &d); err != nil {

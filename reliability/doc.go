@@ -2,7 +2,8 @@
 // 6): in-process daemons on loopback and the real binary, attacked with SMTP
 // smuggling, open-relay tricks, forged bounces, bad API requests, brute force
 // and connection floods, faced with failing remote MX hosts and DNS servers,
-// loaded for a while and signalled. Each promise ends with one summary line
+// loaded for a while and signalled, and asked to lend identities it did not
+// grant (identity_test.go). Each promise ends with one summary line
 // on standard output ("smuggling: …", "open relay: …", …).
 //
 // The fast part runs in `go test ./...`; `go test ./reliability -args -long`

@@ -18,6 +18,7 @@ HERMOD_DEPS=(
 	"swaks|swaks|command -v swaks|swaks --version 2>&1 | head -n 1"
 	"smtp-sink|postfix|test -x /usr/sbin/smtp-sink|/usr/sbin/postconf -d mail_version 2>/dev/null"
 	"dkimpy|python3-dkim|/usr/bin/python3 -P -c 'import dkim'|/usr/bin/python3 -P -c 'import importlib.metadata as m; print(\"dkimpy\", m.version(\"dkimpy\"))'"
+	"named-checkzone|bind9-utils|command -v named-checkzone|named-checkzone -v"
 	"staticcheck|fn:install_staticcheck|test -x \"\$(go env GOPATH)/bin/staticcheck\"|\"\$(go env GOPATH)/bin/staticcheck\" -version"
 )
 

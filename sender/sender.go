@@ -4,6 +4,24 @@
 // verified domain or under the platform identity, and rewrites From and
 // Reply-To accordingly. It does no storage and no DNS; the caller supplies
 // the verified-domain lookup.
+//
+// The rule grants one identity, the From it writes, and nothing else in the
+// header may claim another one, whichever identity was chosen:
+//
+//   - Sender and every Resent-* field are removed. hermod's From is always
+//     a single mailbox, so Sender is never needed (RFC 5322 3.6.2), and a
+//     client's Sender or Resent-From would be shown by readers as "sent by"
+//     or "on behalf of" a person the rule never checked.
+//   - DKIM-Signature, ARC-Seal, ARC-Message-Signature,
+//     ARC-Authentication-Results and Authentication-Results supplied by the
+//     client are removed before hermod signs: they would vouch for the
+//     message in someone else's name (a replayed signature of another
+//     domain, a forged "dkim=pass"). Return-Path is removed too: the
+//     receiving MTA writes it from the envelope.
+//   - A From whose local part contains "@" (a quoted string such as
+//     "victim@bank.example"@customer.example) is refused with a *FromError
+//     (550 5.6.0): readers show it, and the "(via …)" display name built
+//     from it, as another address.
 package sender
 
 import (
@@ -161,8 +179,10 @@ func (r *Rule) defaultFrom() (local, domain string, err error) {
 // Rule 1 (the account has the option, the From domain is verified, and the
 // kind is not inbox-notice) keeps the member's From; rule 2 replaces it
 // with the platform's DefaultFrom, named after DisplayTemplate. Under both,
-// Reply-To is set to the member's mailbox unless the application set one.
-// Other fields and the body are not touched.
+// Reply-To is set to the member's mailbox unless the application set one,
+// and the fields of IdentityFields (and every Resent-* field) are removed,
+// so that no field claims an identity the rule did not grant. Other fields
+// and the body are not touched.
 //
 // From is always rewritten, not copied: its display name is decoded
 // (RFC 2047, any WHATWG charset), stripped of control and bidi-override
@@ -170,7 +190,8 @@ func (r *Rule) defaultFrom() (local, domain string, err error) {
 // a line break, and so that the From domain is written in IDNA ASCII.
 //
 // It returns a *FromError when h does not have exactly one From field with
-// exactly one mailbox on a valid domain, and another error when r is
+// exactly one mailbox on a valid domain, or when that mailbox's local part
+// contains "@", and another error when r is
 // misconfigured or in.Kind is unknown; h is unchanged then.
 func (r *Rule) Apply(h *textproto.Header, in Input) (Decision, error) {
 	kind := in.Kind
@@ -211,7 +232,36 @@ func (r *Rule) Apply(h *textproto.Header, in Input) (Decision, error) {
 	if strings.TrimSpace(h.Get("Reply-To")) == "" {
 		h.Set("Reply-To", memberMailbox)
 	}
+	removeIdentityFields(h)
 	return d, nil
+}
+
+// IdentityFields returns the names of the fields Apply removes from every
+// message, besides every field whose name starts with "Resent-": fields
+// that name a sender or vouch for one (see the package documentation). The
+// caller may modify the returned slice.
+func IdentityFields() []string { return append([]string(nil), identityFields...) }
+
+// identityFields backs IdentityFields; it is never modified.
+var identityFields = []string{
+	"Sender",
+	"DKIM-Signature",
+	"ARC-Seal", "ARC-Message-Signature", "ARC-Authentication-Results",
+	"Authentication-Results",
+	"Return-Path",
+}
+
+// removeIdentityFields deletes the fields of identityFields and every
+// Resent-* field from h.
+func removeIdentityFields(h *textproto.Header) {
+	for _, k := range identityFields {
+		h.Del(k)
+	}
+	for f := h.Fields(); f.Next(); {
+		if len(f.Key()) >= len("resent-") && strings.EqualFold(f.Key()[:len("resent-")], "resent-") {
+			f.Del()
+		}
+	}
 }
 
 // newWordDecoder returns a decoder of RFC 2047 encoded words in any charset
@@ -259,6 +309,12 @@ func parseFrom(h *textproto.Header) (name, local, domain string, err error) {
 	local, domain = splitAddress(a.Address)
 	if local == "" {
 		return "", "", "", &FromError{Msg: "From address has an empty local part"}
+	}
+	if strings.ContainsRune(local, '@') {
+		// "victim@bank.example"@customer.example: valid RFC 5322, but
+		// readers show it, and the display name made from it, as the
+		// address before the quotes.
+		return "", "", "", &FromError{Msg: "From address has a quoted local part containing \"@\", which mail readers show as another address: use a plain address such as taro@example.com"}
 	}
 	if len(local) > 64 {
 		// RFC 5321 4.5.3.1.1; a longer one cannot even be folded onto lines.

@@ -168,6 +168,9 @@ func (c *cli) printDomain(d api.DomainView) {
 			}
 		}
 		fmt.Fprintf(c.stdout, "\n  name:   %s\n  type:   %s\n  value:  %s\n  check:  %s\n", r.Name, r.Type, r.Value, check)
+		if r.Zone != "" {
+			fmt.Fprintf(c.stdout, "  zone:   %s\n", r.Zone)
+		}
 	}
 	fmt.Fprintln(c.stdout)
 	if !d.LastCheck.IsZero() {

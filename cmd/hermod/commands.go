@@ -338,7 +338,7 @@ func (c *cli) dkimCmd(args []string) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(c.stdout, "%s._domainkey.%s.\tTXT\t\"%s\"\n", cfg.Sender.DKIMSelector, cfg.Sender.DKIMDomain, txt)
+	fmt.Fprintln(c.stdout, dkim.ZoneRecord(cfg.Sender.DKIMSelector+"._domainkey."+cfg.Sender.DKIMDomain, txt))
 	return nil
 }
 

@@ -67,15 +67,16 @@ func newCert(t testing.TB, names []string) (tls.Certificate, []byte) {
 }
 
 // Tmpfs mounts a tmpfs of the given size ("4m") on a new temporary
-// directory and unmounts it when the test ends. It skips the test when not
-// root or when mounting fails (tests of a full disk need a small one).
+// directory (mode 0700, as hermod wants its data_dir) and unmounts it when
+// the test ends. It skips the test when not root or when mounting fails
+// (tests of a full disk need a small one).
 func Tmpfs(t testing.TB, size string) string {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to mount a small tmpfs")
 	}
 	dir := t.TempDir()
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs", dir).CombinedOutput(); err != nil {
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size+",mode=0700", "tmpfs", dir).CombinedOutput(); err != nil {
 		t.Skipf("cannot mount tmpfs: %v %s", err, out)
 	}
 	t.Cleanup(func() { exec.Command("umount", "-l", dir).Run() })
