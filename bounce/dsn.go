@@ -2,6 +2,8 @@ package bounce
 
 import (
 	"strings"
+
+	"github.com/hermod-mta/hermod/vocab"
 )
 
 // Bounds that keep reports small and parsing linear.
@@ -89,6 +91,23 @@ func parseDSN(env *envelope, rep *Report) {
 			rep.Recipients = append(rep.Recipients, dsnRecipient(g))
 		}
 	}
+	for i := range rep.Recipients {
+		rc := &rep.Recipients[i]
+		if rc.Diagnostic != "" || (rc.Action != "failed" && rc.Action != "delayed") {
+			continue
+		}
+		// No Diagnostic-Code (Exim's local failures, OpenSMTPD, some
+		// Sendmail and Google forms): the reason is in the human text.
+		if d := humanDiagnostic(env, rc.Recipient, len(rep.Recipients) == 1); d != "" {
+			code, enh := severestCodes(d)
+			if strings.HasSuffix(rc.Status, ".0.0") && enh != "" && enh[0] == rc.Status[0] {
+				rc.Status = enh
+			}
+			rc.Code = code
+			rc.Diagnostic = cleanDiag(d)
+			classifyRecipient(rc, code, truncate(d, 4*maxDiagnostic), vocab.PhaseUnknown)
+		}
+	}
 	if rep.OriginalEnvelopeFrom == "" {
 		for _, n := range []string{"x-postfix-sender", "x-original-envelope-from", "original-envelope-from"} {
 			if v := perMessage.get(n); v != "" {
@@ -122,8 +141,8 @@ func parseDSN(env *envelope, rep *Report) {
 
 func dsnRecipient(g fieldGroup) Recipient {
 	rc := Recipient{
-		Recipient:         normAddr(g.get("final-recipient")),
-		OriginalRecipient: normAddr(g.get("original-recipient")),
+		Recipient:         mailAddr(g.get("final-recipient")),
+		OriginalRecipient: mailAddr(g.get("original-recipient")),
 		Action:            strings.ToLower(firstWord(g.get("action"))),
 		Status:            scanEnhanced(g.get("status")),
 		RemoteMTA:         stripType(g.get("remote-mta")),
@@ -155,17 +174,56 @@ func dsnRecipient(g fieldGroup) Recipient {
 	case "delivered", "relayed", "expanded":
 		return rc
 	}
-	rc.Reason = Classify(code, rc.Status, rc.Diagnostic)
-	if rc.Action == "failed" && (strings.HasPrefix(rc.Status, "4") || rc.Status == "" && code/100 == 4) {
-		// Postfix and others report the last temporary error when the
-		// queue lifetime runs out; the specific soft reasons stay.
+	classifyRecipient(&rc, code, rc.Diagnostic, vocab.PhaseUnknown)
+	return rc
+}
+
+// classifyRecipient sets the reason, hard flag and (when missing) status of
+// a failed or delayed recipient from its diagnostic text, through Classify.
+func classifyRecipient(rc *Recipient, code int, text string, phase vocab.Phase) {
+	v := Classify(Reply{Code: code, EnhancedCode: rc.Status, Text: text, Phase: phase})
+	rc.Reason = v.Reason
+	if rc.Status == "" {
+		rc.Status = v.Status
+	}
+	if rc.Status == "" {
+		// No code anywhere: report the class, so that status and
+		// hard/soft stay consistent.
+		switch rc.Action {
+		case "failed":
+			rc.Status = "5.0.0"
+		case "delayed":
+			rc.Status = "4.0.0"
+		}
+	}
+	if rc.Action == "failed" && strings.HasPrefix(rc.Status, "4") {
+		// The queue lifetime ran out and the report gives the last
+		// temporary error. Generic network trouble and unrecognised
+		// text mean expired; specific soft reasons (rate limit,
+		// system error, …) stay.
 		switch rc.Reason {
-		case ReasonNetwork, ReasonSystem, ReasonOther, ReasonRateLimited:
+		case ReasonNetwork, ReasonOther:
 			rc.Reason = ReasonExpired
 		}
 	}
-	rc.Hard = rc.Action == "failed" && rc.Reason.Hard()
-	return rc
+	rc.Hard = rc.Action == "failed" && v.Hard && rc.Reason.Hard()
+}
+
+// humanDiagnostic returns the lines of the report's text part that explain
+// addr: the block under the address's own line, else (when the report has
+// one recipient) the lines carrying a reply code.
+func humanDiagnostic(env *envelope, addr string, only bool) string {
+	head, _ := splitOriginal(strings.ReplaceAll(env.bodyText(), "\r\n", "\n"))
+	lines := strings.Split(head, "\n")
+	for _, b := range addrBlocks(lines, nil) {
+		if SameAddress(b.addr, addr) && len(b.lines) > 0 {
+			return strings.Join(b.lines, "\n")
+		}
+	}
+	if only {
+		return strings.Join(codeLines(lines, addr), "\n")
+	}
+	return ""
 }
 
 // parseARF fills rep from an RFC 5965 message/feedback-report part.
@@ -179,11 +237,40 @@ func parseARF(env *envelope, rep *Report) {
 	if v := all.get("original-mail-from"); v != "" && rep.OriginalEnvelopeFrom == "" {
 		rep.OriginalEnvelopeFrom = normAddr(v)
 	}
-	rcpt := normAddr(all.get("original-rcpt-to"))
-	if rcpt == "" && env.returned != nil {
-		rcpt = normAddr(firstAddr(env.returned.Get("To")))
+	// Every Original-Rcpt-To and Removal-Recipient names a complaining
+	// recipient (RFC 5965 3.2, RFC 6650).
+	seen := map[string]bool{}
+	add := func(v, orig string) {
+		a := mailAddr(v)
+		if a == "" || seen[strings.ToLower(a)] || len(rep.Recipients) >= maxRecipients {
+			return
+		}
+		seen[strings.ToLower(a)] = true
+		rep.Recipients = append(rep.Recipients, Recipient{Recipient: a, OriginalRecipient: mailAddr(orig)})
 	}
-	rep.Recipients = []Recipient{{Recipient: rcpt, OriginalRecipient: normAddr(all.get("original-rcpt-to"))}}
+	for _, f := range all {
+		if f.name == "original-rcpt-to" || f.name == "removal-recipient" {
+			add(f.value, f.value)
+		}
+	}
+	if len(rep.Recipients) == 0 && env.returned != nil {
+		add(env.returned.Get("X-HmXmrOriginalRecipient"), "")
+		add(firstAddr(env.returned.Get("To")), "")
+	}
+	if len(rep.Recipients) == 0 {
+		rep.Recipients = []Recipient{{}}
+	}
+}
+
+// mailAddr is normAddr for values that must be an address: a placeholder
+// such as "Undisclosed recipients:;" or "unknown" gives "".
+func mailAddr(s string) string {
+	a := normAddr(s)
+	at := strings.LastIndexByte(a, '@')
+	if at <= 0 || at == len(a)-1 {
+		return ""
+	}
+	return a
 }
 
 func firstWord(s string) string {

@@ -59,6 +59,13 @@ func parse(raw []byte) *Report {
 		return rep
 	case env.mdn:
 		rep.Kind = KindAutoReply
+		rep.Recipients = replyingAddr(env)
+		return rep
+	case env.returned != nil && env.returned.Get("X-HmXmrOriginalRecipient") != "":
+		// Microsoft's complaint (JMRP) format: the original message
+		// with the complaining recipient in its own header.
+		env.feedback = []byte("Feedback-Type: abuse\n")
+		parseARF(env, rep)
 		return rep
 	}
 	classifyPlain(env, rep)

@@ -5,6 +5,8 @@ import (
 	"strings"
 
 	"github.com/emersion/go-message/mail"
+
+	"github.com/hermod-mta/hermod/vocab"
 )
 
 // Evidence for non-standard (non-RFC 3464) reports, matched lower-cased.
@@ -85,12 +87,24 @@ func classifyPlain(env *envelope, rep *Report) {
 	delay := matchAny(subj, delaySubjects) || matchAny(body, delayMarkers)
 	if !bounce && !delay && (autoHeaders(env, autoSubj) || autoSubj) {
 		rep.Kind = KindAutoReply
+		rep.Recipients = replyingAddr(env)
 		return
 	}
 	if !bounce && !delay {
 		return // KindUnknown
 	}
 	parsePlain(env, rep, !delay || matchAny(body, permanentMarkers))
+}
+
+// replyingAddr is the address an auto-reply comes from (Reply-To is often
+// someone else: an assistant, a shared desk), as the report's recipient.
+func replyingAddr(env *envelope) []Recipient {
+	for _, k := range []string{"From", "Sender", "Return-Path"} {
+		if a := mailAddr(firstAddr(env.header.Get(k))); a != "" {
+			return []Recipient{{Recipient: a}}
+		}
+	}
+	return nil
 }
 
 // fromDaemon reports whether the report comes from a mail system rather
@@ -160,7 +174,7 @@ func parsePlain(env *envelope, rep *Report, failed bool) {
 		if !hasCode(b.lines) && len(blocks) == 1 {
 			b.lines = append(b.lines, codeLines(lines, b.addr)...)
 		}
-		rep.Recipients = append(rep.Recipients, plainRecipient(b, rep.Kind, head))
+		rep.Recipients = append(rep.Recipients, plainRecipient(b, rep.Kind, head, len(blocks) == 1))
 	}
 }
 
@@ -281,27 +295,28 @@ func hasCode(lines []string) bool {
 // plainRecipient classifies one recovered block. Without any recovered line
 // the result is ReasonOther with the start of the text as diagnostic: a
 // guess is never hard.
-func plainRecipient(b *block, kind Kind, head string) Recipient {
+func plainRecipient(b *block, kind Kind, head string, single bool) Recipient {
 	rc := Recipient{Recipient: b.addr}
 	joined := strings.Join(b.lines, "\n")
 	rc.Code, rc.Status = severestCodes(joined)
 	rc.Diagnostic = cleanDiag(joined)
 	if rc.Diagnostic == "" {
 		rc.Diagnostic = rawDiagnostic(head)
-		rc.Reason = ReasonOther
+		rc.Reason, rc.Action, rc.Status = ReasonOther, "failed", "5.0.0"
 		if kind == KindDelay {
-			rc.Reason = Classify(0, "", "")
+			rc.Action, rc.Status = "delayed", "4.0.0"
 		}
 		return rc
 	}
-	rc.Reason = Classify(rc.Code, rc.Status, truncate(joined, 4*maxDiagnostic))
-	if kind == KindBounce && (strings.HasPrefix(rc.Status, "4") || rc.Status == "" && rc.Code/100 == 4) {
-		switch rc.Reason {
-		case ReasonNetwork, ReasonSystem, ReasonOther, ReasonRateLimited:
-			rc.Reason = ReasonExpired
-		}
+	rc.Action = "failed"
+	if kind == KindDelay {
+		rc.Action = "delayed"
 	}
-	rc.Hard = kind == KindBounce && rc.Reason.Hard()
+	phase := PhaseFromText(joined)
+	if phase == vocab.PhaseUnknown && single {
+		phase = PhaseFromText(head)
+	}
+	classifyRecipient(&rc, rc.Code, truncate(joined, 4*maxDiagnostic), phase)
 	return rc
 }
 

@@ -9,7 +9,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/hermod-mta/hermod/bounce"
@@ -66,52 +65,32 @@ func (b *bounceIntake) apply(ctx context.Context, remote netip.Addr, rc smtpd.Bo
 		return nil
 	}
 	want := m.Recipients[rc.Index].Address
-	var match *bounce.Recipient
-	named := false
-	for i := range rep.Recipients {
-		r := &rep.Recipients[i]
-		if r.Recipient == "" && r.OriginalRecipient == "" {
-			continue
-		}
-		named = true
-		if sameAddress(r.Recipient, want) || sameAddress(strings.TrimPrefix(r.OriginalRecipient, "rfc822;"), want) {
-			match = r
-			break
-		}
-	}
-	if named && match == nil {
-		b.log.Warn("bounce: report names other recipients; ignored", "msgid", m.ID, "rcpt", want, "client", remote, "kind", rep.Kind)
+	// bounce.Decide is the one decision `hermod bounce parse` prints too.
+	d := bounce.Decide(rep, want)
+	if d.Outcome == bounce.OutcomeIgnore {
+		b.log.Info("bounce: "+d.Note+"; ignored", "msgid", m.ID, "rcpt", want, "client", remote, "kind", rep.Kind, "subject", rep.Subject)
 		return nil
 	}
-	if match == nil && len(rep.Recipients) > 0 {
-		match = &rep.Recipients[0]
+	ev := queue.Event{Source: "dsn", Host: remote.String(),
+		EnhancedCode: d.Status, Code: d.Code, Text: d.Diagnostic, Reason: string(d.Reason)}
+	if d.RemoteMTA != "" {
+		ev.Host = d.RemoteMTA
 	}
-	ev := queue.Event{Source: "dsn", Host: remote.String()}
-	if match != nil {
-		ev.EnhancedCode, ev.Code, ev.Text, ev.Reason = match.Status, match.Code, match.Diagnostic, string(match.Reason)
-		if match.RemoteMTA != "" {
-			ev.Host = match.RemoteMTA
-		}
-	}
-	switch rep.Kind {
-	case bounce.KindBounce:
+	switch d.Outcome {
+	case bounce.OutcomeBounce:
 		ev.Status = queue.StatusBounced
-		if ev.Reason == "" {
-			ev.Reason = string(bounce.ReasonOther)
-		}
-	case bounce.KindFeedback:
+	case bounce.OutcomeComplaint:
 		ev.Source, ev.Reason = "feedback", "complaint"
-		ev.Note = "complaint (" + rep.FeedbackType + ")"
-	case bounce.KindDelay:
-		ev.Note = "delay notice: " + ev.Text
-	case bounce.KindDelivered:
-		ev.Note = "delivery notice: " + ev.Text
-	case bounce.KindAutoReply:
-		b.log.Info("bounce: auto-reply ignored", "msgid", m.ID, "rcpt", want, "subject", rep.Subject)
-		return nil
-	default:
-		ev.Note = "unrecognised message to the bounce address: " + rep.Subject
-		ev.Reason = ""
+		ev.Note = d.Note
+	default: // bounce.OutcomeNote
+		switch d.Kind {
+		case bounce.KindDelay, bounce.KindBounce:
+			ev.Note = "delay notice: " + ev.Text
+		case bounce.KindDelivered:
+			ev.Note, ev.Reason = "delivery notice: "+ev.Text, ""
+		default:
+			ev.Note, ev.Reason = "unrecognised message to the bounce address: "+rep.Subject, ""
+		}
 	}
 	r, err := b.store.Apply(ctx, m.ID, rc.Index, ev)
 	if errors.Is(err, queue.ErrNotApplicable) {
@@ -124,13 +103,6 @@ func (b *bounceIntake) apply(ctx context.Context, remote netip.Addr, rc smtpd.Bo
 	b.log.Info("bounce", "msgid", m.ID, "rcpt", want, "kind", rep.Kind, "status", r.Status, "reason", ev.Reason,
 		"enhanced", ev.EnhancedCode, "client", remote)
 	return nil
-}
-
-// sameAddress compares addresses with the domain case-insensitive and the
-// local part too (mail systems fold it often enough that a report naming
-// Taro@ for taro@ is about the same person).
-func sameAddress(a, b string) bool {
-	return a != "" && strings.EqualFold(strings.Trim(a, "<> "), strings.Trim(b, "<> "))
 }
 
 // keep stores a message for a person as <mailboxDir>/<mailbox>/<time>-<n>.eml (0600).
