@@ -93,7 +93,18 @@ func parseDSN(env *envelope, rep *Report) {
 	}
 	for i := range rep.Recipients {
 		rc := &rep.Recipients[i]
-		if rc.Diagnostic != "" || (rc.Action != "failed" && rc.Action != "delayed") {
+		if rc.Action != "failed" && rc.Action != "delayed" {
+			continue
+		}
+		if rc.Diagnostic != "" {
+			// Postfix keeps "(in reply to end of DATA command)" out
+			// of Diagnostic-Code; its text part says it.
+			if PhaseFromText(rc.Diagnostic) == vocab.PhaseUnknown {
+				h := humanDiagnostic(env, rc.Recipient, len(rep.Recipients) == 1)
+				if p := PhaseFromText(h); p != vocab.PhaseUnknown {
+					classifyRecipient(rc, rc.Code, rc.Diagnostic, p)
+				}
+			}
 			continue
 		}
 		// No Diagnostic-Code (Exim's local failures, OpenSMTPD, some

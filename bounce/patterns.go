@@ -160,7 +160,7 @@ var networkText = []string{
 var systemText = []string{
 	"system error", "internal error", "local problem", "local error", "server error",
 	"system storage", "service not available", "service unavailable", "configuration error",
-	"misconfigur", "temporarily unavailable", "resources", "try again later",
+	"misconfigur", "temporarily unavailable", "resources",
 	"queue file write error", "disk full", "out of disk",
 }
 

@@ -1,0 +1,443 @@
+package bounce
+
+// Real bounces from real MTAs on loopback: a private Postfix instance and a
+// private Exim instance relay test messages to a go-smtp "far MX" that
+// answers with scripted replies, and send the bounces they generate to a
+// go-smtp "bounce host". Each bounce is parsed and decided as the listener
+// would, and must end with the status and reason written below.
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"os/user"
+	"strconv"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-smtp"
+)
+
+// scriptedReply is what the far MX answers for one recipient local part.
+type scriptedReply struct {
+	rcpt *smtp.SMTPError // reply to RCPT TO; nil accepts
+	data *smtp.SMTPError // reply after the end of DATA; nil accepts
+}
+
+// farScripts are the far MX's answers, by recipient local part.
+var farScripts = map[string]scriptedReply{
+	"unknown": {rcpt: &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1},
+		Message: "<unknown@far.test>: Recipient address rejected: User unknown in local recipient table"}},
+	"full": {rcpt: &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 2, 2},
+		Message: "<full@far.test>: Mailbox full: user is over quota"}},
+	"content": {data: &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 7, 1},
+		Message: "Message content rejected, id=4711"}},
+	// A content refusal dressed as user-unknown, after DATA: never hard.
+	"dressed": {data: &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 0, 0},
+		Message: "<dressed@far.test>... User unknown"}},
+	"slow": {rcpt: &smtp.SMTPError{Code: 450, EnhancedCode: smtp.EnhancedCode{4, 2, 0},
+		Message: "<slow@far.test>: Recipient address rejected: Greylisted, try again later"}},
+}
+
+// realExpect is the decision a real bounce must lead to. Written by hand
+// from the far MX's scripted replies above.
+type realExpect struct {
+	kind    Kind
+	outcome Outcome
+	status  string
+	reason  Reason
+	hard    bool
+}
+
+// realCases: for each local part, the bounces expected in order of arrival.
+// "slow" first gets a delay notice, then (queue lifetime over) a failure.
+var realCases = map[string][]realExpect{
+	"unknown": {{KindBounce, OutcomeBounce, "5.1.1", ReasonUserUnknown, true}},
+	"full":    {{KindBounce, OutcomeBounce, "5.2.2", ReasonMailboxFull, false}},
+	"content": {{KindBounce, OutcomeBounce, "5.7.1", ReasonFiltered, false}},
+	"dressed": {{KindBounce, OutcomeBounce, "5.0.0", ReasonFiltered, false}},
+	"slow": {
+		{KindDelay, OutcomeNote, "4.2.0", ReasonOther, false},
+		{KindBounce, OutcomeBounce, "4.2.0", ReasonExpired, false},
+	},
+}
+
+// requireTool skips, or fails under scripts/test.sh (HERMOD_REQUIRE_TOOLS=1),
+// when a tool the test needs is missing.
+func requireTool(t *testing.T, ok bool, what string) {
+	t.Helper()
+	if ok {
+		return
+	}
+	if os.Getenv("HERMOD_REQUIRE_TOOLS") == "1" {
+		t.Fatalf("%s missing (scripts/deps.sh installs it)", what)
+	}
+	t.Skipf("%s missing (scripts/deps.sh installs it)", what)
+}
+
+func executable(path string) bool {
+	fi, err := os.Stat(path)
+	return err == nil && !fi.IsDir() && fi.Mode()&0o111 != 0
+}
+
+// mxSession is one SMTP session of the far MX or the bounce host.
+type mxSession struct {
+	srv   *mtaServer
+	from  string
+	rcpts []string
+}
+
+func (s *mxSession) Reset()        { s.from, s.rcpts = "", nil }
+func (s *mxSession) Logout() error { return nil }
+func (s *mxSession) Mail(from string, _ *smtp.MailOptions) error {
+	s.from = from
+	return nil
+}
+
+func (s *mxSession) Rcpt(to string, _ *smtp.RcptOptions) error {
+	if sc, ok := s.srv.scripts[localPart(to)]; ok && sc.rcpt != nil {
+		return sc.rcpt
+	}
+	s.rcpts = append(s.rcpts, to)
+	return nil
+}
+
+func (s *mxSession) Data(r io.Reader) error {
+	b, err := io.ReadAll(r)
+	if err != nil {
+		return fmt.Errorf("reading data: %w", err)
+	}
+	for _, to := range s.rcpts {
+		if sc, ok := s.srv.scripts[localPart(to)]; ok && sc.data != nil {
+			return sc.data
+		}
+	}
+	s.srv.got <- received{from: s.from, rcpts: append([]string(nil), s.rcpts...), data: b}
+	return nil
+}
+
+func localPart(a string) string {
+	l, _, _ := strings.Cut(strings.Trim(a, "<>"), "@")
+	return strings.ToLower(l)
+}
+
+type received struct {
+	from  string
+	rcpts []string
+	data  []byte
+}
+
+// mtaServer is a go-smtp server on a loopback port: the far MX (with
+// scripts) or the bounce host (without).
+type mtaServer struct {
+	addr    string
+	scripts map[string]scriptedReply
+	got     chan received
+}
+
+func startServer(t *testing.T, name string, scripts map[string]scriptedReply) *mtaServer {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := &mtaServer{addr: ln.Addr().String(), scripts: scripts, got: make(chan received, 100)}
+	s := smtp.NewServer(smtp.BackendFunc(func(*smtp.Conn) (smtp.Session, error) { return &mxSession{srv: m}, nil }))
+	s.Domain = name
+	s.ReadTimeout, s.WriteTimeout = 30*time.Second, 30*time.Second
+	s.MaxMessageBytes = 10 << 20
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); _ = s.Serve(ln) }()
+	t.Cleanup(func() { s.Close(); wg.Wait() })
+	return m
+}
+
+func port(addr string) string {
+	_, p, _ := net.SplitHostPort(addr)
+	return p
+}
+
+// freePort picks a loopback port for an MTA that wants a number in its
+// configuration (the listener is closed again at once).
+func freePort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return port(ln.Addr().String())
+}
+
+// waitListening polls until addr accepts connections.
+func waitListening(t *testing.T, addr string, within time.Duration, logs func() string) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			c.Close()
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s not listening after %v: %v\n%s", addr, within, err, logs())
+		}
+		time.Sleep(50 * time.Millisecond) // polling interval, not a stand-in for a condition
+	}
+}
+
+// submit hands one message for to to the MTA at addr with envelope sender from.
+func submit(t *testing.T, addr, from, to string) {
+	t.Helper()
+	c, err := smtp.Dial(addr)
+	if err != nil {
+		t.Fatalf("dial %s: %v", addr, err)
+	}
+	defer c.Close()
+	if err := c.Hello("app.hermod.test"); err != nil {
+		t.Fatalf("EHLO: %v", err)
+	}
+	if err := c.Mail(from, nil); err != nil {
+		t.Fatalf("MAIL FROM:<%s>: %v", from, err)
+	}
+	if err := c.Rcpt(to, nil); err != nil {
+		t.Fatalf("RCPT TO:<%s>: %v", to, err)
+	}
+	w, err := c.Data()
+	if err != nil {
+		t.Fatalf("DATA: %v", err)
+	}
+	msg := "From: Sakura Trading <billing@hermod.test>\r\nTo: <" + to + ">\r\nSubject: Invoice INV-42\r\n" +
+		"Message-ID: <inv42." + localPart(to) + "@hermod.test>\r\nDate: " + time.Now().UTC().Format(time.RFC1123Z) + "\r\n\r\nPlease find your invoice.\r\n"
+	if _, err := io.WriteString(w, msg); err != nil {
+		t.Fatalf("writing message: %v", err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatalf("end of DATA: %v", err)
+	}
+	if err := c.Quit(); err != nil {
+		t.Logf("QUIT: %v", err)
+	}
+}
+
+// runScenarios submits one message per case through the MTA at submitAddr
+// and checks every bounce that comes back to the bounce host.
+func runScenarios(t *testing.T, mta, submitAddr string, bounces *mtaServer, within time.Duration, logs func() string) {
+	t.Helper()
+	for local := range realCases {
+		submit(t, submitAddr, "bounce+"+local+"@bounce.test", local+"@far.test")
+	}
+	want := 0
+	for _, c := range realCases {
+		want += len(c)
+	}
+	seen := map[string]int{}
+	deadline := time.After(within)
+	for n := 0; n < want; {
+		var r received
+		select {
+		case r = <-bounces.got:
+		case <-deadline:
+			t.Fatalf("%s: %d of %d bounces after %v (seen %v)\n%s", mta, n, want, within, seen, logs())
+		}
+		n++
+		if len(r.rcpts) != 1 || !strings.HasPrefix(r.rcpts[0], "bounce+") {
+			t.Errorf("%s: bounce to %v, want one bounce+<case>@bounce.test", mta, r.rcpts)
+			continue
+		}
+		local := strings.TrimPrefix(localPart(r.rcpts[0]), "bounce+")
+		cases := realCases[local]
+		i := seen[local]
+		seen[local]++
+		if i >= len(cases) {
+			t.Errorf("%s: unexpected extra bounce for %s:\n%s", mta, local, r.data)
+			continue
+		}
+		w := cases[i]
+		if err := os.WriteFile(filepath.Join(t.TempDir(), local+".eml"), r.data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		rep, err := Parse(bytes.NewReader(r.data))
+		if err != nil {
+			t.Fatal(err)
+		}
+		d := Decide(rep, local+"@far.test")
+		if d.Kind != w.kind || d.Outcome != w.outcome || d.Status != w.status || d.Reason != w.reason || d.Hard != w.hard || !d.Matched {
+			t.Errorf("%s: bounce %d for %s@far.test: got kind %s, outcome %s, status %s, reason %s, hard %v, matched %v (%q)\nwant kind %s, outcome %s, status %s, reason %s, hard %v\n--- bounce ---\n%s",
+				mta, i+1, local, d.Kind, d.Outcome, d.Status, d.Reason, d.Hard, d.Matched, d.Diagnostic,
+				w.kind, w.outcome, w.status, w.reason, w.hard, r.data)
+		}
+		// The same decision bounce parse prints.
+		for _, l := range Lines("x", rep) {
+			if SameAddress(l.Recipient, local+"@far.test") && (l.Reason != d.Reason || l.Hard != d.Hard || l.Status != d.Status || l.Action != d.Outcome) {
+				t.Errorf("%s: bounce parse line %+v disagrees with Decide %+v", mta, l, d)
+			}
+		}
+	}
+}
+
+// postfixBin is where Debian's postfix package puts the command the
+// HERMOD_DEPS row probes.
+const postfixBin = "/usr/sbin/postfix"
+
+// TestRealPostfixBounces runs a private Postfix instance (its own config,
+// queue and data directories, loopback ports; /etc/postfix is never read
+// as configuration) that relays to the far MX and bounces to the bounce host.
+func TestRealPostfixBounces(t *testing.T) {
+	if testing.Short() {
+		t.Skip("real MTA: not with -short")
+	}
+	requireTool(t, executable(postfixBin) && executable("/usr/lib/postfix/sbin/master"), "postfix ("+postfixBin+")")
+	requireTool(t, os.Geteuid() == 0, "root (Postfix's master must start as root)")
+	far := startServer(t, "mx.far.test", farScripts)
+	bh := startServer(t, "mx.bounce.test", nil)
+	dir, err := os.MkdirTemp("", "hermod-postfix-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if !t.Failed() {
+			os.RemoveAll(dir)
+		}
+	})
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	conf := filepath.Join(dir, "etc")
+	for _, d := range []string{conf, filepath.Join(dir, "queue"), filepath.Join(dir, "data")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := chownUser(filepath.Join(dir, "data"), "postfix"); err != nil {
+		t.Fatal(err)
+	}
+	smtpPort := freePort(t)
+	mainCF := strings.Join([]string{
+		"compatibility_level = 3.6",
+		"queue_directory = " + filepath.Join(dir, "queue"),
+		"data_directory = " + filepath.Join(dir, "data"),
+		"maillog_file = " + filepath.Join(dir, "maillog"),
+		"maillog_file_prefixes = " + dir,
+		"mail_owner = postfix",
+		"setgid_group = postdrop",
+		"myhostname = mta.postfix.test",
+		"mydomain = postfix.test",
+		"myorigin = $myhostname",
+		"mydestination =",
+		"local_recipient_maps =",
+		"alias_maps =",
+		"alias_database =",
+		"inet_interfaces = 127.0.0.1",
+		"inet_protocols = ipv4",
+		"mynetworks = 127.0.0.0/8",
+		"smtpd_relay_restrictions = permit_mynetworks, reject",
+		"relay_domains =",
+		"transport_maps = inline:{ far.test=smtp:[127.0.0.1]:" + port(far.addr) + ", bounce.test=smtp:[127.0.0.1]:" + port(bh.addr) + " }",
+		"smtp_dns_support_level = disabled",
+		"smtp_tls_security_level = none",
+		"smtpd_tls_security_level = none",
+		"smtputf8_enable = no",
+		"delay_warning_time = 1s",
+		"maximal_queue_lifetime = 8s",
+		"bounce_queue_lifetime = 8s",
+		"queue_run_delay = 1s",
+		"minimal_backoff_time = 1s",
+		"maximal_backoff_time = 2s",
+		"smtp_connect_timeout = 5s",
+		"biff = no",
+		"",
+	}, "\n")
+	masterCF := strings.Join([]string{
+		"127.0.0.1:" + smtpPort + " inet n - n - - smtpd",
+		"pickup unix n - n 60 1 pickup",
+		"cleanup unix n - n - 0 cleanup",
+		"qmgr unix n - n 300 1 qmgr",
+		"rewrite unix - - n - - trivial-rewrite",
+		"bounce unix - - n - 0 bounce",
+		"defer unix - - n - 0 bounce",
+		"trace unix - - n - 0 bounce",
+		"verify unix - - n - 1 verify",
+		"flush unix n - n 1000? 0 flush",
+		"proxymap unix - - n - - proxymap",
+		"smtp unix - - n - - smtp",
+		"relay unix - - n - - smtp",
+		"showq unix n - n - - showq",
+		"error unix - - n - - error",
+		"retry unix - - n - - error",
+		"discard unix - - n - - discard",
+		"local unix - n n - - local",
+		"anvil unix - - n - 1 anvil",
+		"scache unix - - n - 1 scache",
+		"postlog unix-dgram n - n - 1 postlogd",
+		"",
+	}, "\n")
+	if err := os.WriteFile(filepath.Join(conf, "main.cf"), []byte(mainCF), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(conf, "master.cf"), []byte(masterCF), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	logs := func() string {
+		b, _ := os.ReadFile(filepath.Join(dir, "maillog"))
+		return "--- postfix maillog ---\n" + string(b)
+	}
+	if out, err := exec.Command(postfixBin, "-c", conf, "start").CombinedOutput(); err != nil {
+		t.Fatalf("postfix -c %s start: %v\n%s\n%s", conf, err, out, logs())
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command(postfixBin, "-c", conf, "stop").CombinedOutput(); err != nil {
+			t.Errorf("postfix -c %s stop: %v\n%s", conf, err, out)
+		}
+		waitGone(t, filepath.Join(dir, "queue", "pid", "master.pid"))
+	})
+	addr := "127.0.0.1:" + smtpPort
+	waitListening(t, addr, 20*time.Second, logs)
+	runScenarios(t, "postfix", addr, bh, 90*time.Second, logs)
+}
+
+// chownUser gives path to the system user name (and its primary group).
+func chownUser(path, name string) error {
+	u, err := user.Lookup(name)
+	if err != nil {
+		return fmt.Errorf("user %s: %w", name, err)
+	}
+	uid, err := strconv.Atoi(u.Uid)
+	if err != nil {
+		return fmt.Errorf("user %s: uid %q: %w", name, u.Uid, err)
+	}
+	gid, err := strconv.Atoi(u.Gid)
+	if err != nil {
+		return fmt.Errorf("user %s: gid %q: %w", name, u.Gid, err)
+	}
+	return os.Chown(path, uid, gid)
+}
+
+// waitGone polls until an MTA's pid file names no live process.
+func waitGone(t *testing.T, pidFile string) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		b, err := os.ReadFile(pidFile)
+		if errors.Is(err, os.ErrNotExist) {
+			return
+		}
+		pid := strings.TrimSpace(string(b))
+		if pid == "" {
+			return
+		}
+		if _, err := os.Stat("/proc/" + pid); errors.Is(err, os.ErrNotExist) {
+			return
+		}
+		time.Sleep(50 * time.Millisecond) // polling interval
+	}
+	t.Errorf("MTA of %s still running", pidFile)
+}
