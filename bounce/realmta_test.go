@@ -15,8 +15,8 @@ import (
 	"os"
 	"os/exec"
 	"os/user"
-	"strconv"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -54,18 +54,21 @@ type realExpect struct {
 	status  string
 	reason  Reason
 	hard    bool
+	// statusBy overrides status for one MTA: Exim's expiry report says
+	// "Status: 5.0.0" with the last 4.2.0 reply in its text.
+	statusBy map[string]string
 }
 
 // realCases: for each local part, the bounces expected in order of arrival.
 // "slow" first gets a delay notice, then (queue lifetime over) a failure.
 var realCases = map[string][]realExpect{
-	"unknown": {{KindBounce, OutcomeBounce, "5.1.1", ReasonUserUnknown, true}},
-	"full":    {{KindBounce, OutcomeBounce, "5.2.2", ReasonMailboxFull, false}},
-	"content": {{KindBounce, OutcomeBounce, "5.7.1", ReasonFiltered, false}},
-	"dressed": {{KindBounce, OutcomeBounce, "5.0.0", ReasonFiltered, false}},
+	"unknown": {{KindBounce, OutcomeBounce, "5.1.1", ReasonUserUnknown, true, nil}},
+	"full":    {{KindBounce, OutcomeBounce, "5.2.2", ReasonMailboxFull, false, nil}},
+	"content": {{KindBounce, OutcomeBounce, "5.7.1", ReasonFiltered, false, nil}},
+	"dressed": {{KindBounce, OutcomeBounce, "5.0.0", ReasonFiltered, false, nil}},
 	"slow": {
-		{KindDelay, OutcomeNote, "4.2.0", ReasonOther, false},
-		{KindBounce, OutcomeBounce, "4.2.0", ReasonExpired, false},
+		{KindDelay, OutcomeNote, "4.2.0", ReasonOther, false, nil},
+		{KindBounce, OutcomeBounce, "4.2.0", ReasonExpired, false, map[string]string{"exim": "5.0.0"}},
 	},
 }
 
@@ -262,6 +265,9 @@ func runScenarios(t *testing.T, mta, submitAddr string, bounces *mtaServer, with
 			continue
 		}
 		w := cases[i]
+		if st, ok := w.statusBy[mta]; ok {
+			w.status = st
+		}
 		if err := os.WriteFile(filepath.Join(t.TempDir(), local+".eml"), r.data, 0o644); err != nil {
 			t.Fatal(err)
 		}
@@ -440,4 +446,127 @@ func waitGone(t *testing.T, pidFile string) {
 		time.Sleep(50 * time.Millisecond) // polling interval
 	}
 	t.Errorf("MTA of %s still running", pidFile)
+}
+
+// eximBin is where scripts/deps.sh (install_exim) unpacks Debian's Exim.
+const eximBin = "/opt/hermod/exim4/usr/sbin/exim4"
+
+// TestRealEximBounces runs a private Exim daemon in the foreground (its
+// own configuration file, spool, logs and loopback port) that relays to the
+// far MX and bounces to the bounce host.
+func TestRealEximBounces(t *testing.T) {
+	if testing.Short() {
+		t.Skip("real MTA: not with -short")
+	}
+	requireTool(t, executable(eximBin), "exim ("+eximBin+", fn:install_exim)")
+	requireTool(t, os.Geteuid() == 0, "root (Exim runs deliveries as Debian-exim)")
+	far := startServer(t, "mx.far.test", farScripts)
+	bh := startServer(t, "mx.bounce.test", nil)
+	dir, err := os.MkdirTemp("", "hermod-exim-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if !t.Failed() {
+			os.RemoveAll(dir)
+		}
+	})
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{"spool", "log"} {
+		if err := os.MkdirAll(filepath.Join(dir, d), 0o750); err != nil {
+			t.Fatal(err)
+		}
+		if err := chownUser(filepath.Join(dir, d), "Debian-exim"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	smtpPort := freePort(t)
+	conf := strings.Join([]string{
+		"exim_path = " + eximBin,
+		"spool_directory = " + filepath.Join(dir, "spool"),
+		"log_file_path = " + filepath.Join(dir, "log", "%slog"),
+		"pid_file_path = " + filepath.Join(dir, "exim.pid"),
+		"primary_hostname = mta.exim.test",
+		"qualify_domain = exim.test",
+		"daemon_smtp_ports = " + smtpPort,
+		"local_interfaces = 127.0.0.1",
+		"host_lookup =",
+		"rfc1413_hosts =",
+		"tls_advertise_hosts =",
+		"keep_environment =",
+		"acl_smtp_rcpt = acl_rcpt",
+		"delay_warning = 2s:1h",
+		"queue_run_max = 2",
+		"",
+		"begin acl",
+		"acl_rcpt:",
+		"  accept hosts = 127.0.0.1",
+		"  deny message = relay not permitted",
+		"",
+		"begin routers",
+		"far:",
+		"  driver = manualroute",
+		"  domains = far.test",
+		"  route_list = * 127.0.0.1",
+		"  transport = to_far",
+		"  self = send",
+		"bounce_host:",
+		"  driver = manualroute",
+		"  domains = bounce.test",
+		"  route_list = * 127.0.0.1",
+		"  transport = to_bounce",
+		"  self = send",
+		"",
+		"begin transports",
+		"to_far:",
+		"  driver = smtp",
+		"  port = " + port(far.addr),
+		"  allow_localhost",
+		"  hosts_avoid_tls = *",
+		"to_bounce:",
+		"  driver = smtp",
+		"  port = " + port(bh.addr),
+		"  allow_localhost",
+		"  hosts_avoid_tls = *",
+		"",
+		"begin retry",
+		"* * F,8s,2s",
+		"",
+	}, "\n")
+	confFile := filepath.Join(dir, "exim.conf")
+	if err := os.WriteFile(confFile, []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	logs := func() string {
+		var b strings.Builder
+		for _, f := range []string{"mainlog", "paniclog", "rejectlog"} {
+			c, _ := os.ReadFile(filepath.Join(dir, "log", f))
+			fmt.Fprintf(&b, "--- exim %s ---\n%s", f, c)
+		}
+		return b.String()
+	}
+	// -bdf: daemon in the foreground, so the test owns its PID; -q1s
+	// runs the queue every second (delay warnings, retries, expiry).
+	cmd := exec.Command(eximBin, "-C", confFile, "-bdf", "-q1s")
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("exim: %v", err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(os.Interrupt)
+		select {
+		case <-exited:
+		case <-time.After(10 * time.Second):
+			_ = cmd.Process.Kill()
+			<-exited
+		}
+	})
+	addr := "127.0.0.1:" + smtpPort
+	waitListening(t, addr, 20*time.Second, func() string { return out.String() + logs() })
+	runScenarios(t, "exim", addr, bh, 90*time.Second, logs)
 }

@@ -18,6 +18,8 @@ HERMOD_DEPS=(
 	"swaks|swaks|command -v swaks|swaks --version 2>&1 | head -n 1"
 	"smtp-sink|postfix|test -x /usr/sbin/smtp-sink|/usr/sbin/postconf -d mail_version 2>/dev/null"
 	"dkimpy|python3-dkim|/usr/bin/python3 -P -c 'import dkim'|/usr/bin/python3 -P -c 'import importlib.metadata as m; print(\"dkimpy\", m.version(\"dkimpy\"))'"
+	"postfix|postfix|test -x /usr/sbin/postfix -a -x /usr/lib/postfix/sbin/master|/usr/sbin/postconf -d mail_version 2>/dev/null"
+	"exim|fn:install_exim|/opt/hermod/exim4/usr/sbin/exim4 -C /dev/null -bV|/opt/hermod/exim4/usr/sbin/exim4 -C /dev/null -bV 2>/dev/null | head -n 1"
 	"staticcheck|fn:install_staticcheck|test -x \"\$(go env GOPATH)/bin/staticcheck\"|\"\$(go env GOPATH)/bin/staticcheck\" -version"
 )
 
@@ -26,6 +28,29 @@ STATICCHECK_VERSION=v0.8.2
 
 install_staticcheck() {
 	GOBIN="$(go env GOPATH)/bin" go install "honnef.co/go/tools/cmd/staticcheck@${STATICCHECK_VERSION}"
+}
+
+# EXIM_ROOT is where install_exim unpacks Debian's Exim; bounce/realmta_test.go
+# runs $EXIM_ROOT/usr/sbin/exim4 from there as a private instance.
+EXIM_ROOT=/opt/hermod/exim4
+
+# install_exim unpacks exim4-daemon-light, exim4-base and exim4-config with
+# dpkg -x (exim4 conflicts with postfix in apt, so it is never installed as
+# a package), installs the libraries the binary links against, and creates
+# the Debian-exim system user the binary is built to run deliveries as.
+install_exim() {
+	local tmp f
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -qq
+	apt-get install -y -qq libdb5.3 libgnutls-dane0 libgnutls30 libidn12 libidn2-0 libnsl2 libpcre2-8-0 libcrypt1 >/dev/null
+	tmp=$(mktemp -d)
+	chown _apt "$tmp" 2>/dev/null || true
+	(cd "$tmp" && apt-get download -qq exim4-daemon-light exim4-base exim4-config) || { rm -rf "$tmp"; return 1; }
+	mkdir -p "$EXIM_ROOT"
+	for f in "$tmp"/*.deb; do dpkg -x "$f" "$EXIM_ROOT"; done
+	rm -rf "$tmp"
+	getent passwd Debian-exim >/dev/null ||
+		useradd --system --user-group --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin Debian-exim
 }
 
 # deps_field ROW N prints field N (1-based) of a row.
