@@ -63,7 +63,13 @@ func parseFields(b []byte) []fieldGroup {
 			continue
 		}
 		flush()
-		cur = append(cur, field{name: strings.ToLower(strings.TrimSpace(name))})
+		n := strings.ToLower(strings.TrimSpace(name))
+		if startsGroup(cur, n) {
+			// Per-recipient groups without the blank line between.
+			groups = append(groups, cur)
+			cur = nil
+		}
+		cur = append(cur, field{name: n})
 		val.WriteString(strings.TrimSpace(value))
 	}
 	flush()
@@ -71,6 +77,21 @@ func parseFields(b []byte) []fieldGroup {
 		groups = append(groups, cur)
 	}
 	return groups
+}
+
+// startsGroup reports whether a field named n opens a new per-recipient
+// group in cur: a second Final-Recipient, Original-Recipient or Action in
+// the same group means the blank line between two groups is missing.
+func startsGroup(cur fieldGroup, n string) bool {
+	if n != "final-recipient" && n != "original-recipient" && n != "action" {
+		return false
+	}
+	for _, f := range cur {
+		if f.name == n {
+			return true
+		}
+	}
+	return false
 }
 
 // isRecipientGroup tells per-recipient groups from the per-message one, so
@@ -226,7 +247,7 @@ func classifyRecipient(rc *Recipient, code int, text string, phase vocab.Phase) 
 func humanDiagnostic(env *envelope, addr string, only bool) string {
 	head, _ := splitOriginal(strings.ReplaceAll(env.bodyText(), "\r\n", "\n"))
 	lines := strings.Split(head, "\n")
-	for _, b := range addrBlocks(lines, nil) {
+	for _, b := range addrBlocks(lines, excludedAddrs(env)) {
 		if SameAddress(b.addr, addr) && len(b.lines) > 0 {
 			return strings.Join(b.lines, "\n")
 		}

@@ -65,6 +65,8 @@ var senderRejected = []string{
 	"sender address is", "sender is not", "sender denied", "return path", "return-path",
 	"mail from rejected", "sender address has null mx", "sender's domain", "sender's address",
 	"senders domain", "sender's email", "your domain", "from domain", "sending domain",
+	// Google Groups: the poster (us) may not post; not proof the address is wrong.
+	"the group you tried to contact", "permission to post",
 }
 
 var expiredText = []string{
@@ -86,6 +88,13 @@ var reNotListed = regexp.MustCompile(`not listed in (?:the )?(?:[a-z]+ )?(?:publ
 var relayDenied = []string{
 	"relay access denied", "relaying denied", "relay not permitted", "unable to relay",
 	"not permitted to relay", "relaying not allowed", "relay denied", "we do not relay",
+}
+
+// noAddressText is an MX host without A/AAAA records: the recipient's DNS
+// is broken, which is not proof the address is wrong.
+var noAddressText = []string{
+	"host found but no data record", "no address associated with", "has no a record",
+	"no a or aaaa record", "no address records",
 }
 
 var notAcceptText = []string{

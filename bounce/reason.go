@@ -121,6 +121,8 @@ func classify(code int, enhanced, t string) Reason {
 		return ReasonRejected
 	case matchAny(t, expiredText) || matchRe(t, reExpired):
 		return ReasonExpired
+	case matchAny(t, noAddressText):
+		return ReasonNetwork
 	case matchAny(t, notAcceptText):
 		return ReasonNotAccept
 	case matchAny(t, hostUnknownText):
