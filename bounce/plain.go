@@ -64,7 +64,7 @@ var (
 )
 
 var (
-	reAddr      = regexp.MustCompile(`[A-Za-z0-9.!#$%&'*+/=?^_{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+`)
+	reAddr = regexp.MustCompile(`[A-Za-z0-9.!#$%&'*+/=?^_{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+`)
 	// reAddrLine is a line that starts with a failed address (after an
 	// optional reply code: "554 <a@b>... 550 Host unknown"), with the
 	// reason after it ("<a@b>... User unknown", "a@b [User unknown]",
