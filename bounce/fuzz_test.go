@@ -11,7 +11,7 @@ import (
 )
 
 func FuzzParse(f *testing.F) {
-	for _, path := range corpus(f) {
+	for _, path := range append(corpus(f), corpusFiles(f)...) {
 		b, err := os.ReadFile(path)
 		if err != nil {
 			f.Fatal(err)
