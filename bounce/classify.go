@@ -58,6 +58,15 @@ func Classify(r Reply) Verdict {
 		phase = PhaseFromText(r.Text)
 	}
 	reason := byPhase(classifyText(code, enhanced, r.Text), phase)
+	if reason == ReasonUserUnknown && phase == vocab.PhaseUnknown {
+		// "550 5.0.0 <a@b>... User unknown", "5.2.0 … User unknown":
+		// the remote's own code contradicts its text. Typical of a
+		// content or policy refusal after DATA dressed as user
+		// unknown; without the phase to say otherwise, soft.
+		if e := scanEnhanced(r.Text); strings.HasSuffix(e, ".0.0") || strings.HasSuffix(e, ".2.0") {
+			reason = ReasonFiltered
+		}
+	}
 	status := enhanced
 	if status == "" {
 		switch code / 100 {

@@ -91,10 +91,12 @@ func decideFor(rep *Report, i int) Decision {
 	kind := rep.Kind
 	if i >= 0 && i < len(rep.Recipients) {
 		rc := rep.Recipients[i]
-		if kind == KindBounce {
-			// A failure report may also list recipients that are
-			// only delayed or were delivered.
+		if kind == KindBounce || kind == KindDelay {
+			// A report may list recipients that failed, are only
+			// delayed or were delivered, side by side.
 			switch rc.Action {
+			case "failed":
+				kind = KindBounce
 			case "delayed":
 				kind = KindDelay
 			case "delivered", "relayed", "expanded":

@@ -213,6 +213,12 @@ func dsnRecipient(g fieldGroup) Recipient {
 // classifyRecipient sets the reason, hard flag and (when missing) status of
 // a failed or delayed recipient from its diagnostic text, through Classify.
 func classifyRecipient(rc *Recipient, code int, text string, phase vocab.Phase) {
+	if rc.Action == "delayed" && (strings.HasSuffix(rc.Status, ".4.7") || matchAny(strings.ToLower(text), expiredText)) {
+		// OpenSMTPD reports an expired envelope as "Action: delayed",
+		// "Status: 4.4.7", "Envelope expired": the message is gone
+		// from its queue, so it is a failure.
+		rc.Action = "failed"
+	}
 	v := Classify(Reply{Code: code, EnhancedCode: rc.Status, Text: text, Phase: phase})
 	rc.Reason = v.Reason
 	if rc.Status == "" {

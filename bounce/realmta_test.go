@@ -55,7 +55,8 @@ type realExpect struct {
 	reason  Reason
 	hard    bool
 	// statusBy overrides status for one MTA: Exim's expiry report says
-	// "Status: 5.0.0" with the last 4.2.0 reply in its text.
+	// "Status: 5.0.0" with the last 4.2.0 reply in its text, OpenSMTPD's
+	// "Status: 4.4.7" with "Envelope expired".
 	statusBy map[string]string
 }
 
@@ -68,7 +69,7 @@ var realCases = map[string][]realExpect{
 	"dressed": {{KindBounce, OutcomeBounce, "5.0.0", ReasonFiltered, false, nil}},
 	"slow": {
 		{KindDelay, OutcomeNote, "4.2.0", ReasonOther, false, nil},
-		{KindBounce, OutcomeBounce, "4.2.0", ReasonExpired, false, map[string]string{"exim": "5.0.0"}},
+		{KindBounce, OutcomeBounce, "4.2.0", ReasonExpired, false, map[string]string{"exim": "5.0.0", "opensmtpd": "4.4.7"}},
 	},
 }
 
@@ -233,7 +234,7 @@ func submit(t *testing.T, addr, from, to string) {
 
 // runScenarios submits one message per case through the MTA at submitAddr
 // and checks every bounce that comes back to the bounce host.
-func runScenarios(t *testing.T, mta, submitAddr string, bounces *mtaServer, within time.Duration, logs func() string) {
+func runScenarios(t *testing.T, mta, submitAddr, keep string, bounces *mtaServer, within time.Duration, logs func() string) {
 	t.Helper()
 	for local := range realCases {
 		submit(t, submitAddr, "bounce+"+local+"@bounce.test", local+"@far.test")
@@ -268,7 +269,8 @@ func runScenarios(t *testing.T, mta, submitAddr string, bounces *mtaServer, with
 		if st, ok := w.statusBy[mta]; ok {
 			w.status = st
 		}
-		if err := os.WriteFile(filepath.Join(t.TempDir(), local+".eml"), r.data, 0o644); err != nil {
+		// Kept beside the MTA's files, which stay when the test fails.
+		if err := os.WriteFile(filepath.Join(keep, fmt.Sprintf("bounce-%s-%d.eml", local, i+1)), r.data, 0o644); err != nil {
 			t.Fatal(err)
 		}
 		rep, err := Parse(bytes.NewReader(r.data))
@@ -407,7 +409,7 @@ func TestRealPostfixBounces(t *testing.T) {
 	})
 	addr := "127.0.0.1:" + smtpPort
 	waitListening(t, addr, 20*time.Second, logs)
-	runScenarios(t, "postfix", addr, bh, 90*time.Second, logs)
+	runScenarios(t, "postfix", addr, dir, bh, 90*time.Second, logs)
 }
 
 // chownUser gives path to the system user name (and its primary group).
@@ -568,5 +570,136 @@ func TestRealEximBounces(t *testing.T) {
 	})
 	addr := "127.0.0.1:" + smtpPort
 	waitListening(t, addr, 20*time.Second, func() string { return out.String() + logs() })
-	runScenarios(t, "exim", addr, bh, 90*time.Second, logs)
+	runScenarios(t, "exim", addr, dir, bh, 90*time.Second, logs)
+}
+
+// The OpenSMTPD binaries scripts/deps.sh (install_opensmtpd) unpacks.
+const (
+	smtpdBin   = "/opt/hermod/opensmtpd/usr/sbin/smtpd"
+	smtpctlBin = "/opt/hermod/opensmtpd/usr/sbin/smtpctl"
+)
+
+// TestRealOpenSMTPDBounces runs OpenSMTPD in the foreground (smtpd -d) in a
+// private mount namespace: its compiled-in spool, socket and chroot paths
+// (/var/spool/smtpd, /run/smtpd.sock, /var/lib/opensmtpd/empty) are
+// temporary directories bound over /var/spool, /run and /var/lib for that
+// process only. OpenSMTPD retries relays only every few minutes, so the
+// test asks it to retry now (smtpctl schedule all, inside the namespace)
+// while it waits for the delay notice and the expiry.
+func TestRealOpenSMTPDBounces(t *testing.T) {
+	if testing.Short() {
+		t.Skip("real MTA: not with -short")
+	}
+	_, errU := exec.LookPath("unshare")
+	_, errN := exec.LookPath("nsenter")
+	_, errS := user.Lookup("opensmtpd")
+	requireTool(t, executable(smtpdBin) && executable(smtpctlBin) && errU == nil && errN == nil && errS == nil,
+		"opensmtpd ("+smtpdBin+", its users, unshare and nsenter; fn:install_opensmtpd)")
+	requireTool(t, os.Geteuid() == 0, "root (a mount namespace and smtpd's privilege separation)")
+	far := startServer(t, "mx.far.test", farScripts)
+	bh := startServer(t, "mx.bounce.test", nil)
+	dir, err := os.MkdirTemp("", "hermod-opensmtpd-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if !t.Failed() {
+			os.RemoveAll(dir)
+		}
+	})
+	for _, d := range []struct {
+		path string
+		mode os.FileMode
+	}{
+		{dir, 0o755}, {filepath.Join(dir, "spool"), 0o755}, {filepath.Join(dir, "spool", "smtpd"), 0o711},
+		{filepath.Join(dir, "run"), 0o755}, {filepath.Join(dir, "lib"), 0o755},
+		{filepath.Join(dir, "lib", "opensmtpd"), 0o755}, {filepath.Join(dir, "lib", "opensmtpd", "empty"), 0o755},
+	} {
+		if err := os.MkdirAll(d.path, d.mode); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(d.path, d.mode); err != nil {
+			t.Fatal(err)
+		}
+	}
+	smtpPort := freePort(t)
+	conf := strings.Join([]string{
+		"smtp max-message-size 10M",
+		"queue ttl 8s",
+		"bounce warn-interval 2s",
+		"listen on 127.0.0.1 port " + smtpPort + " hostname mta.opensmtpd.test",
+		`action "far" relay host smtp+notls://127.0.0.1:` + port(far.addr),
+		`action "bh" relay host smtp+notls://127.0.0.1:` + port(bh.addr),
+		`match from any for domain "far.test" action "far"`,
+		`match for domain "far.test" action "far"`,
+		`match from any for domain "bounce.test" action "bh"`,
+		`match for domain "bounce.test" action "bh"`,
+		"",
+	}, "\n")
+	confFile := filepath.Join(dir, "smtpd.conf")
+	if err := os.WriteFile(confFile, []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	script := `set -e
+mount --bind "$1/spool" /var/spool
+mount --bind "$1/run" /run
+mount --bind "$1/lib" /var/lib
+exec "$2" -d -f "$3"`
+	cmd := exec.Command("unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", dir, smtpdBin, confFile)
+	var out syncBuffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("opensmtpd: %v", err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(os.Interrupt)
+		select {
+		case <-exited:
+		case <-time.After(10 * time.Second):
+			_ = cmd.Process.Kill()
+			<-exited
+		}
+	})
+	logs := func() string { return "--- smtpd -d ---\n" + out.String() }
+	addr := "127.0.0.1:" + smtpPort
+	waitListening(t, addr, 20*time.Second, logs)
+	// Ask for retries while waiting (bounded: stops with the test).
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+				_ = exec.Command("nsenter", "-t", strconv.Itoa(cmd.Process.Pid), "-m", smtpctlBin, "schedule", "all").Run()
+			}
+		}
+	}()
+	defer func() { close(stop); wg.Wait() }()
+	runScenarios(t, "opensmtpd", addr, dir, bh, 90*time.Second, logs)
+}
+
+// syncBuffer is a bytes.Buffer safe for a process's output and the test.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

@@ -20,6 +20,7 @@ HERMOD_DEPS=(
 	"dkimpy|python3-dkim|/usr/bin/python3 -P -c 'import dkim'|/usr/bin/python3 -P -c 'import importlib.metadata as m; print(\"dkimpy\", m.version(\"dkimpy\"))'"
 	"postfix|postfix|test -x /usr/sbin/postfix -a -x /usr/lib/postfix/sbin/master|/usr/sbin/postconf -d mail_version 2>/dev/null"
 	"exim|fn:install_exim|/opt/hermod/exim4/usr/sbin/exim4 -C /dev/null -bV|/opt/hermod/exim4/usr/sbin/exim4 -C /dev/null -bV 2>/dev/null | head -n 1"
+	"opensmtpd|fn:install_opensmtpd|printf 'match for any reject\\n' | /opt/hermod/opensmtpd/usr/sbin/smtpd -n -f /dev/stdin && getent passwd opensmtpd opensmtpq && command -v unshare nsenter|/opt/hermod/opensmtpd/usr/sbin/smtpd -h 2>&1 | head -n 1"
 	"staticcheck|fn:install_staticcheck|test -x \"\$(go env GOPATH)/bin/staticcheck\"|\"\$(go env GOPATH)/bin/staticcheck\" -version"
 )
 
@@ -51,6 +52,33 @@ install_exim() {
 	rm -rf "$tmp"
 	getent passwd Debian-exim >/dev/null ||
 		useradd --system --user-group --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin Debian-exim
+}
+
+# OPENSMTPD_ROOT is where install_opensmtpd unpacks Debian's OpenSMTPD.
+# Its spool (/var/spool/smtpd), control socket (/run/smtpd.sock) and chroot
+# (/var/lib/opensmtpd/empty) are compiled in, so bounce/realmta_test.go runs
+# it in a private mount namespace (unshare -m) with temporary directories
+# bound over /var/spool, /run and /var/lib: nothing of the host's is used.
+OPENSMTPD_ROOT=/opt/hermod/opensmtpd
+
+# install_opensmtpd unpacks opensmtpd with dpkg -x (it conflicts with postfix
+# in apt), installs its libraries and creates its two privilege-separation
+# users, as the package's postinst would.
+install_opensmtpd() {
+	local tmp u
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -qq
+	apt-get install -y -qq libevent-2.1-7 libssl3 libdb5.3 libpam0g libcrypt1 zlib1g util-linux >/dev/null
+	tmp=$(mktemp -d)
+	chown _apt "$tmp" 2>/dev/null || true
+	(cd "$tmp" && apt-get download -qq opensmtpd) || { rm -rf "$tmp"; return 1; }
+	mkdir -p "$OPENSMTPD_ROOT"
+	dpkg -x "$tmp"/opensmtpd_*.deb "$OPENSMTPD_ROOT"
+	rm -rf "$tmp"
+	for u in opensmtpd opensmtpq; do
+		getent passwd "$u" >/dev/null ||
+			useradd --system --user-group --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin "$u"
+	done
 }
 
 # deps_field ROW N prints field N (1-based) of a row.
