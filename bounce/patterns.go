@@ -66,7 +66,7 @@ var senderRejected = []string{
 	"mail from rejected", "sender address has null mx", "sender's domain", "sender's address",
 	"senders domain", "sender's email", "your domain", "from domain", "sending domain",
 	// Google Groups: the poster (us) may not post; not proof the address is wrong.
-	"the group you tried to contact", "permission to post",
+	"the group you tried to contact", "permission to post", "投稿する権限", "連絡しようとしたグループ",
 }
 
 var expiredText = []string{

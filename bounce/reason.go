@@ -119,6 +119,10 @@ func classify(code int, enhanced, t string) Reason {
 		return ReasonRejected
 	case matchAny(t, relayDenied):
 		return ReasonRejected
+	case matchAny(t, mailboxFullText):
+		// Before expired: Exim's "mailbox is full: retry timeout
+		// exceeded" still counts toward the soft-bounce run.
+		return ReasonMailboxFull
 	case matchAny(t, expiredText) || matchRe(t, reExpired):
 		return ReasonExpired
 	case matchAny(t, noAddressText):
@@ -127,8 +131,6 @@ func classify(code int, enhanced, t string) Reason {
 		return ReasonNotAccept
 	case matchAny(t, hostUnknownText):
 		return ReasonHostUnknown
-	case matchAny(t, mailboxFullText):
-		return ReasonMailboxFull
 	case matchAny(t, userUnknownText) || userUnknownByCode(enhanced, t):
 		return ReasonUserUnknown
 	case matchAny(t, suspendedText) || matchRe(t, reSuspended):
