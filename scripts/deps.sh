@@ -13,14 +13,15 @@
 #   - the version command prints one line for the log, so a CI run shows
 #     exactly what it depended on.
 # Add a row when a test starts using a new tool; the test must use the tool
-# the way its probe does.
+# the way its probe does. Fields are split on "|", so a probe or version
+# command must not contain a pipe (use <<< for input).
 HERMOD_DEPS=(
 	"swaks|swaks|command -v swaks|swaks --version 2>&1 | head -n 1"
 	"smtp-sink|postfix|test -x /usr/sbin/smtp-sink|/usr/sbin/postconf -d mail_version 2>/dev/null"
 	"dkimpy|python3-dkim|/usr/bin/python3 -P -c 'import dkim'|/usr/bin/python3 -P -c 'import importlib.metadata as m; print(\"dkimpy\", m.version(\"dkimpy\"))'"
 	"postfix|postfix|test -x /usr/sbin/postfix -a -x /usr/lib/postfix/sbin/master|/usr/sbin/postconf -d mail_version 2>/dev/null"
-	"exim|fn:install_exim|/opt/hermod/exim4/usr/sbin/exim4 -C /dev/null -bV|/opt/hermod/exim4/usr/sbin/exim4 -C /dev/null -bV 2>/dev/null | head -n 1"
-	"opensmtpd|fn:install_opensmtpd|printf 'match for any reject\\n' | /opt/hermod/opensmtpd/usr/sbin/smtpd -n -f /dev/stdin && getent passwd opensmtpd opensmtpq && command -v unshare nsenter|/opt/hermod/opensmtpd/usr/sbin/smtpd -h 2>&1 | head -n 1"
+	"exim|fn:install_exim|/opt/hermod/exim4/usr/sbin/exim4 -C /dev/stdin -bV <<< 'spool_directory = /tmp'|/opt/hermod/exim4/usr/sbin/exim4 -C /dev/stdin -bV <<< 'spool_directory = /tmp'"
+	"opensmtpd|fn:install_opensmtpd|/opt/hermod/opensmtpd/usr/sbin/smtpd -n -f /dev/stdin <<< 'match for any reject' && getent passwd opensmtpd opensmtpq && command -v unshare nsenter|/opt/hermod/opensmtpd/usr/sbin/smtpd -h 2>&1"
 	"staticcheck|fn:install_staticcheck|test -x \"\$(go env GOPATH)/bin/staticcheck\"|\"\$(go env GOPATH)/bin/staticcheck\" -version"
 )
 
@@ -32,7 +33,9 @@ install_staticcheck() {
 }
 
 # EXIM_ROOT is where install_exim unpacks Debian's Exim; bounce/realmta_test.go
-# runs $EXIM_ROOT/usr/sbin/exim4 from there as a private instance.
+# runs $EXIM_ROOT/usr/sbin/exim4 -C FILE from there as a private instance. The
+# probe names a spool directory because exim creates its compiled-in one
+# (/var/spool/exim4) otherwise.
 EXIM_ROOT=/opt/hermod/exim4
 
 # install_exim unpacks exim4-daemon-light, exim4-base and exim4-config with
