@@ -67,9 +67,31 @@ func (b *bounceIntake) apply(ctx context.Context, remote netip.Addr, rc smtpd.Bo
 	want := m.Recipients[rc.Index].Address
 	// bounce.Decide is the one decision `hermod bounce parse` prints too.
 	d := bounce.Decide(rep, want)
-	if d.Outcome == bounce.OutcomeIgnore {
+	ev, ok := bounceEvent(d, remote, rep.Subject)
+	if !ok {
 		b.log.Info("bounce: "+d.Note+"; ignored", "msgid", m.ID, "rcpt", want, "client", remote, "kind", rep.Kind, "subject", rep.Subject)
 		return nil
+	}
+	r, err := b.store.Apply(ctx, m.ID, rc.Index, ev)
+	if errors.Is(err, queue.ErrNotApplicable) {
+		b.log.Info("bounce: not applied", "msgid", m.ID, "rcpt", want, "err", err)
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	b.log.Info("bounce", "msgid", m.ID, "rcpt", want, "kind", rep.Kind, "status", r.Status, "reason", ev.Reason,
+		"enhanced", ev.EnhancedCode, "client", remote)
+	return nil
+}
+
+// bounceEvent turns Decide's answer into the event to record; false means
+// nothing is recorded (an auto-reply, a report about other recipients).
+// An event with StatusBounced and a hard reason suppresses the address
+// (eventHooks), exactly when `hermod bounce parse` prints "hard": true.
+func bounceEvent(d bounce.Decision, remote netip.Addr, subject string) (queue.Event, bool) {
+	if d.Outcome == bounce.OutcomeIgnore {
+		return queue.Event{}, false
 	}
 	ev := queue.Event{Source: "dsn", Host: remote.String(),
 		EnhancedCode: d.Status, Code: d.Code, Text: d.Diagnostic, Reason: string(d.Reason)}
@@ -89,20 +111,10 @@ func (b *bounceIntake) apply(ctx context.Context, remote netip.Addr, rc smtpd.Bo
 		case bounce.KindDelivered:
 			ev.Note, ev.Reason = "delivery notice: "+ev.Text, ""
 		default:
-			ev.Note, ev.Reason = "unrecognised message to the bounce address: "+rep.Subject, ""
+			ev.Note, ev.Reason = "unrecognised message to the bounce address: "+subject, ""
 		}
 	}
-	r, err := b.store.Apply(ctx, m.ID, rc.Index, ev)
-	if errors.Is(err, queue.ErrNotApplicable) {
-		b.log.Info("bounce: not applied", "msgid", m.ID, "rcpt", want, "err", err)
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	b.log.Info("bounce", "msgid", m.ID, "rcpt", want, "kind", rep.Kind, "status", r.Status, "reason", ev.Reason,
-		"enhanced", ev.EnhancedCode, "client", remote)
-	return nil
+	return ev, true
 }
 
 // keep stores a message for a person as <mailboxDir>/<mailbox>/<time>-<n>.eml (0600).
