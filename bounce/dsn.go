@@ -239,8 +239,12 @@ func classifyRecipient(rc *Recipient, code int, text string, phase vocab.Phase) 
 		// temporary error. Generic network trouble and unrecognised
 		// text mean expired; specific soft reasons (rate limit,
 		// system error, …) stay.
-		switch rc.Reason {
-		case ReasonNetwork, ReasonOther:
+		switch {
+		case matchAny(strings.ToLower(text), hostUnknownText) || matchAny(strings.ToLower(text), notAcceptText):
+			// NXDOMAIN or null MX under a temporary status: a DNS
+			// problem (network), neither expired nor proof.
+			rc.Reason = ReasonNetwork
+		case rc.Reason == ReasonNetwork, rc.Reason == ReasonOther:
 			rc.Reason = ReasonExpired
 		}
 	}
