@@ -91,7 +91,7 @@ func TestClassify(t *testing.T) {
 		{554, "5.0.0", "Transaction failed", ReasonOther},
 	}
 	for _, tt := range tests {
-		if got := Classify(tt.code, tt.enhanced, tt.text); got != tt.want {
+		if got := Classify(Reply{Code: tt.code, EnhancedCode: tt.enhanced, Text: tt.text}).Reason; got != tt.want {
 			t.Errorf("Classify(%d, %q, %q) = %q, want %q", tt.code, tt.enhanced, tt.text, got, tt.want)
 		}
 	}

@@ -2,6 +2,8 @@ package bounce
 
 import (
 	"strings"
+
+	"github.com/hermod-mta/hermod/vocab"
 )
 
 // Bounds that keep reports small and parsing linear.
@@ -61,7 +63,13 @@ func parseFields(b []byte) []fieldGroup {
 			continue
 		}
 		flush()
-		cur = append(cur, field{name: strings.ToLower(strings.TrimSpace(name))})
+		n := strings.ToLower(strings.TrimSpace(name))
+		if startsGroup(cur, n) {
+			// Per-recipient groups without the blank line between.
+			groups = append(groups, cur)
+			cur = nil
+		}
+		cur = append(cur, field{name: n})
 		val.WriteString(strings.TrimSpace(value))
 	}
 	flush()
@@ -69,6 +77,21 @@ func parseFields(b []byte) []fieldGroup {
 		groups = append(groups, cur)
 	}
 	return groups
+}
+
+// startsGroup reports whether a field named n opens a new per-recipient
+// group in cur: a second Final-Recipient, Original-Recipient or Action in
+// the same group means the blank line between two groups is missing.
+func startsGroup(cur fieldGroup, n string) bool {
+	if n != "final-recipient" && n != "original-recipient" && n != "action" {
+		return false
+	}
+	for _, f := range cur {
+		if f.name == n {
+			return true
+		}
+	}
+	return false
 }
 
 // isRecipientGroup tells per-recipient groups from the per-message one, so
@@ -87,6 +110,34 @@ func parseDSN(env *envelope, rep *Report) {
 		}
 		if len(rep.Recipients) < maxRecipients {
 			rep.Recipients = append(rep.Recipients, dsnRecipient(g))
+		}
+	}
+	for i := range rep.Recipients {
+		rc := &rep.Recipients[i]
+		if rc.Action != "failed" && rc.Action != "delayed" {
+			continue
+		}
+		if rc.Diagnostic != "" {
+			// Postfix keeps "(in reply to end of DATA command)" out
+			// of Diagnostic-Code; its text part says it.
+			if PhaseFromText(rc.Diagnostic) == vocab.PhaseUnknown {
+				h := humanDiagnostic(env, rc.Recipient, len(rep.Recipients) == 1)
+				if p := PhaseFromText(h); p != vocab.PhaseUnknown {
+					classifyRecipient(rc, rc.Code, rc.Diagnostic, p)
+				}
+			}
+			continue
+		}
+		// No Diagnostic-Code (Exim's local failures, OpenSMTPD, some
+		// Sendmail and Google forms): the reason is in the human text.
+		if d := humanDiagnostic(env, rc.Recipient, len(rep.Recipients) == 1); d != "" {
+			code, enh := severestCodes(d)
+			if strings.HasSuffix(rc.Status, ".0.0") && enh != "" && enh[0] == rc.Status[0] {
+				rc.Status = enh
+			}
+			rc.Code = code
+			rc.Diagnostic = cleanDiag(d)
+			classifyRecipient(rc, code, truncate(d, 4*maxDiagnostic), vocab.PhaseUnknown)
 		}
 	}
 	if rep.OriginalEnvelopeFrom == "" {
@@ -122,8 +173,8 @@ func parseDSN(env *envelope, rep *Report) {
 
 func dsnRecipient(g fieldGroup) Recipient {
 	rc := Recipient{
-		Recipient:         normAddr(g.get("final-recipient")),
-		OriginalRecipient: normAddr(g.get("original-recipient")),
+		Recipient:         mailAddr(g.get("final-recipient")),
+		OriginalRecipient: mailAddr(g.get("original-recipient")),
 		Action:            strings.ToLower(firstWord(g.get("action"))),
 		Status:            scanEnhanced(g.get("status")),
 		RemoteMTA:         stripType(g.get("remote-mta")),
@@ -155,17 +206,66 @@ func dsnRecipient(g fieldGroup) Recipient {
 	case "delivered", "relayed", "expanded":
 		return rc
 	}
-	rc.Reason = Classify(code, rc.Status, rc.Diagnostic)
-	if rc.Action == "failed" && (strings.HasPrefix(rc.Status, "4") || rc.Status == "" && code/100 == 4) {
-		// Postfix and others report the last temporary error when the
-		// queue lifetime runs out; the specific soft reasons stay.
-		switch rc.Reason {
-		case ReasonNetwork, ReasonSystem, ReasonOther, ReasonRateLimited:
+	classifyRecipient(&rc, code, rc.Diagnostic, vocab.PhaseUnknown)
+	return rc
+}
+
+// classifyRecipient sets the reason, hard flag and (when missing) status of
+// a failed or delayed recipient from its diagnostic text, through Classify.
+func classifyRecipient(rc *Recipient, code int, text string, phase vocab.Phase) {
+	if rc.Action == "delayed" && (strings.HasSuffix(rc.Status, ".4.7") || matchAny(strings.ToLower(text), expiredText)) {
+		// OpenSMTPD reports an expired envelope as "Action: delayed",
+		// "Status: 4.4.7", "Envelope expired": the message is gone
+		// from its queue, so it is a failure.
+		rc.Action = "failed"
+	}
+	v := Classify(Reply{Code: code, EnhancedCode: rc.Status, Text: text, Phase: phase})
+	rc.Reason = v.Reason
+	if rc.Status == "" {
+		rc.Status = v.Status
+	}
+	if rc.Status == "" {
+		// No code anywhere: report the class, so that status and
+		// hard/soft stay consistent.
+		switch rc.Action {
+		case "failed":
+			rc.Status = "5.0.0"
+		case "delayed":
+			rc.Status = "4.0.0"
+		}
+	}
+	if rc.Action == "failed" && strings.HasPrefix(rc.Status, "4") {
+		// The queue lifetime ran out and the report gives the last
+		// temporary error. Generic network trouble and unrecognised
+		// text mean expired; specific soft reasons (rate limit,
+		// system error, …) stay.
+		switch {
+		case matchAny(strings.ToLower(text), hostUnknownText) || matchAny(strings.ToLower(text), notAcceptText):
+			// NXDOMAIN or null MX under a temporary status: a DNS
+			// problem (network), neither expired nor proof.
+			rc.Reason = ReasonNetwork
+		case rc.Reason == ReasonNetwork, rc.Reason == ReasonOther:
 			rc.Reason = ReasonExpired
 		}
 	}
-	rc.Hard = rc.Action == "failed" && rc.Reason.Hard()
-	return rc
+	rc.Hard = rc.Action == "failed" && v.Hard && rc.Reason.Hard()
+}
+
+// humanDiagnostic returns the lines of the report's text part that explain
+// addr: the block under the address's own line, else (when the report has
+// one recipient) the lines carrying a reply code.
+func humanDiagnostic(env *envelope, addr string, only bool) string {
+	head, _ := splitOriginal(strings.ReplaceAll(env.bodyText(), "\r\n", "\n"))
+	lines := strings.Split(head, "\n")
+	for _, b := range addrBlocks(lines, excludedAddrs(env)) {
+		if SameAddress(b.addr, addr) && len(b.lines) > 0 {
+			return strings.Join(b.lines, "\n")
+		}
+	}
+	if only {
+		return strings.Join(codeLines(lines, addr), "\n")
+	}
+	return ""
 }
 
 // parseARF fills rep from an RFC 5965 message/feedback-report part.
@@ -179,11 +279,40 @@ func parseARF(env *envelope, rep *Report) {
 	if v := all.get("original-mail-from"); v != "" && rep.OriginalEnvelopeFrom == "" {
 		rep.OriginalEnvelopeFrom = normAddr(v)
 	}
-	rcpt := normAddr(all.get("original-rcpt-to"))
-	if rcpt == "" && env.returned != nil {
-		rcpt = normAddr(firstAddr(env.returned.Get("To")))
+	// Every Original-Rcpt-To and Removal-Recipient names a complaining
+	// recipient (RFC 5965 3.2, RFC 6650).
+	seen := map[string]bool{}
+	add := func(v, orig string) {
+		a := mailAddr(v)
+		if a == "" || seen[strings.ToLower(a)] || len(rep.Recipients) >= maxRecipients {
+			return
+		}
+		seen[strings.ToLower(a)] = true
+		rep.Recipients = append(rep.Recipients, Recipient{Recipient: a, OriginalRecipient: mailAddr(orig)})
 	}
-	rep.Recipients = []Recipient{{Recipient: rcpt, OriginalRecipient: normAddr(all.get("original-rcpt-to"))}}
+	for _, f := range all {
+		if f.name == "original-rcpt-to" || f.name == "removal-recipient" {
+			add(f.value, f.value)
+		}
+	}
+	if len(rep.Recipients) == 0 && env.returned != nil {
+		add(env.returned.Get("X-HmXmrOriginalRecipient"), "")
+		add(firstAddr(env.returned.Get("To")), "")
+	}
+	if len(rep.Recipients) == 0 {
+		rep.Recipients = []Recipient{{}}
+	}
+}
+
+// mailAddr is normAddr for values that must be an address: a placeholder
+// such as "Undisclosed recipients:;" or "unknown" gives "".
+func mailAddr(s string) string {
+	a := normAddr(s)
+	at := strings.LastIndexByte(a, '@')
+	if at <= 0 || at == len(a)-1 {
+		return ""
+	}
+	return a
 }
 
 func firstWord(s string) string {

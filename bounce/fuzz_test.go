@@ -11,7 +11,7 @@ import (
 )
 
 func FuzzParse(f *testing.F) {
-	for _, path := range corpus(f) {
+	for _, path := range append(corpus(f), corpusFiles(f)...) {
 		b, err := os.ReadFile(path)
 		if err != nil {
 			f.Fatal(err)
@@ -133,12 +133,12 @@ func TestLines(t *testing.T) {
 	}
 	want := Line{File: "x.eml", Kind: KindBounce, Recipient: "ito@example.net", Status: "4.2.2",
 		Reason: ReasonMailboxFull, Diagnostic: "452 4.2.2 <ito@example.net>: Mailbox is over quota, try again later",
-		RemoteMTA: "mx.example.net"}
+		RemoteMTA: "mx.example.net", Action: OutcomeNote}
 	if lines[1] != want {
 		t.Errorf("line 2 = %+v\nwant     %+v", lines[1], want)
 	}
 	empty := Lines("y.eml", &Report{Kind: KindAutoReply})
-	if len(empty) != 1 || empty[0] != (Line{File: "y.eml", Kind: KindAutoReply}) {
+	if len(empty) != 1 || empty[0] != (Line{File: "y.eml", Kind: KindAutoReply, Reason: ReasonVacation, Action: OutcomeIgnore}) {
 		t.Errorf("Lines(no recipients) = %+v", empty)
 	}
 }

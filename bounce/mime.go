@@ -59,6 +59,16 @@ func parse(raw []byte) *Report {
 		return rep
 	case env.mdn:
 		rep.Kind = KindAutoReply
+		rep.Recipients = replyingAddr(env)
+		return rep
+	case env.returned != nil && env.returned.Get("X-HmXmrOriginalRecipient") != "":
+		// Microsoft's complaint (JMRP) format: the original message
+		// with the complaining recipient in its own header.
+		env.feedback = []byte("Feedback-Type: abuse\n")
+		parseARF(env, rep)
+		return rep
+	}
+	if parseSES(env.bodyText(), rep) {
 		return rep
 	}
 	classifyPlain(env, rep)
@@ -69,6 +79,15 @@ func parse(raw []byte) *Report {
 // read is treated as plain text, so heuristics still get a chance.
 func readEnvelope(raw []byte) *envelope {
 	env := &envelope{}
+	if bytes.HasPrefix(raw, []byte("From ")) {
+		// A saved mbox message: "From MAILER-DAEMON  Thu Apr 29 …".
+		if i := bytes.IndexByte(raw, '\n'); i >= 0 {
+			raw = raw[i+1:]
+		}
+	}
+	// A boundary parameter on an unindented continuation line would end
+	// the header there and stop the walk: indent it.
+	raw = reBareBoundary.ReplaceAll(raw, []byte("$1\t$2"))
 	e, err := message.Read(bytes.NewReader(raw))
 	if e == nil || (err != nil && !message.IsUnknownCharset(err) && !message.IsUnknownEncoding(err)) {
 		env.texts = []string{string(raw)}
@@ -83,7 +102,36 @@ func readEnvelope(raw []byte) *envelope {
 	env.subject = decodeJIS(subj)
 	env.mediaType, env.params, _ = e.Header.ContentType()
 	env.walk(e, 0)
+	if strings.HasPrefix(env.mediaType, "multipart/") && env.dsn == nil && env.feedback == nil && !env.mdn &&
+		len(env.texts) == 0 && len(env.htmls) == 0 {
+		// The declared boundary never appears (or another one does):
+		// read the raw body rather than give up.
+		rawBodyFallback(env, raw)
+	}
 	return env
+}
+
+var (
+	reBareBoundary = regexp.MustCompile(`(?i)(;[ \t]*\r?\n)(boundary=)`)
+	reDSNStart     = regexp.MustCompile(`(?im)^(?:reporting-mta|final-recipient|original-recipient|action)[ \t]*:`)
+)
+
+// rawBodyFallback makes the raw body the report's text and, when it holds
+// delivery-status fields, its delivery-status part.
+func rawBodyFallback(env *envelope, raw []byte) {
+	body := raw
+	if i := bytes.Index(raw, []byte("\n\r\n")); i >= 0 {
+		body = raw[i+3:]
+	} else if i := bytes.Index(raw, []byte("\n\n")); i >= 0 {
+		body = raw[i+2:]
+	}
+	if len(body) > maxPartBody {
+		body = body[:maxPartBody]
+	}
+	env.texts = []string{decodeJIS(string(body))}
+	if loc := reDSNStart.FindIndex(body); loc != nil && bytes.Contains(bytes.ToLower(body), []byte("final-recipient")) {
+		env.dsn = body[loc[0]:]
+	}
 }
 
 func (env *envelope) walk(e *message.Entity, depth int) {

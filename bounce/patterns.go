@@ -31,7 +31,8 @@ var rateLimited = []string{
 	"too many mails", "too many emails", "too many recipients", "too many smtp",
 	"unexpected volume", "[tss04]", "[ts01]", "[ts02]", "sending rate", "message rate",
 	"connection rate", "exceeded the rate", "mail flood", "sending quota", "sending limit",
-	"try to reduce", "slow down",
+	"try to reduce", "slow down", "frequency limited", "connection frequency", "ip frequency",
+	"too many concurrent connections", "exceeded the maximum number of connections",
 }
 
 // weakHostBlocked is about our host, but could also appear next to a more
@@ -64,13 +65,36 @@ var senderRejected = []string{
 	"sender address is", "sender is not", "sender denied", "return path", "return-path",
 	"mail from rejected", "sender address has null mx", "sender's domain", "sender's address",
 	"senders domain", "sender's email", "your domain", "from domain", "sending domain",
+	// Google Groups: the poster (us) may not post; not proof the address is wrong.
+	"the group you tried to contact", "permission to post", "投稿する権限", "連絡しようとしたグループ",
 }
 
 var expiredText = []string{
 	"retry timeout exceeded", "retry time not reached", "failing for a long time",
 	"in the queue too long", "too long in queue", "queue lifetime", "message expired",
 	"delivery expired", "delivery time expired", "lifetime exceeded", "could not be delivered within",
+	"envelope expired", "not delivered within", "aborted after", "delivery attempts exhausted",
+	"retry time exceeded", "maximum retry", "giving up on", "gave up after",
 	"配信期限", "時間切れ",
+}
+
+var reExpired = regexp.MustCompile(`\bfailed (?:after )?\d+ attempts|\bdelivery failed \d+ attempts|\bhas been in the queue (?:for )?(?:more than|over)`)
+
+// reNotListed is Lotus Notes/Domino's unknown user.
+var reNotListed = regexp.MustCompile(`not listed in (?:the )?(?:[a-z]+ )?(?:public )?(?:domino )?(?:directory|address book|names? and address book)`)
+
+// relayDenied means the MX does not take mail for the domain from us: not a
+// network problem, and not proof the address is wrong.
+var relayDenied = []string{
+	"relay access denied", "relaying denied", "relay not permitted", "unable to relay",
+	"not permitted to relay", "relaying not allowed", "relay denied", "we do not relay",
+}
+
+// noAddressText is an MX host without A/AAAA records: the recipient's DNS
+// is broken, which is not proof the address is wrong.
+var noAddressText = []string{
+	"host found but no data record", "no address associated with", "has no a record",
+	"no a or aaaa record", "no address records",
 }
 
 var notAcceptText = []string{
@@ -84,6 +108,7 @@ var hostUnknownText = []string{
 	"name or service not known", "no mx", "unrouteable mail domain", "unroutable mail domain",
 	"unroutable domain", "host or domain name not found", "couldn't find any host",
 	"could not find any host", "unknown domain", "no such host", "domain is not valid",
+	"couldn't find a mail exchanger", "could not find a mail exchanger", "invalid domain",
 	"ドメインが存在しません", "ドメインが見つかりません", "ドメイン名が存在",
 }
 
@@ -102,7 +127,7 @@ var userUnknownText = []string{
 	"address doesn't exist", "account does not exist", "account doesn't exist", "does not exist",
 	"user doesn't have", "user does not have", "unknown recipient", "recipient unknown",
 	"invalid recipient", "invalid mailbox", "not a valid mailbox", "no mailbox here by that name",
-	"unrouteable address", "address not found", "addressee unknown", "unknown address",
+	"unrouteable address", "address not found", "recipient no longer on server", "no longer on server", "addressee unknown", "unknown address",
 	"recipient address rejected: unknown", "user invalid", "bad destination mailbox",
 	"存在しません", "宛先不明", "ユーザ不明", "ユーザー不明", "アドレスが見つかりません",
 }
@@ -138,14 +163,14 @@ var networkText = []string{
 	"loop", "too many hops", "hop count", "routing", "no route", "connection refused",
 	"connection timed out", "connection reset", "timed out", "network is unreachable",
 	"unreachable", "lost connection", "servfail", "temporary failure in name resolution",
-	"relay access denied", "relaying denied", "relay not permitted", "unable to relay",
-	"not permitted to relay", "delivery temporarily suspended", "connect to",
+	"delivery temporarily suspended", "connect to",
 }
 
 var systemText = []string{
 	"system error", "internal error", "local problem", "local error", "server error",
 	"system storage", "service not available", "service unavailable", "configuration error",
-	"misconfigur", "temporarily unavailable", "resources", "try again later",
+	"misconfigur", "temporarily unavailable", "resources",
+	"queue file write error", "disk full", "out of disk",
 }
 
 var policyText = []string{

@@ -5,6 +5,8 @@ import (
 	"strings"
 
 	"github.com/emersion/go-message/mail"
+
+	"github.com/hermod-mta/hermod/vocab"
 )
 
 // Evidence for non-standard (non-RFC 3464) reports, matched lower-cased.
@@ -62,8 +64,15 @@ var (
 )
 
 var (
-	reAddr      = regexp.MustCompile(`[A-Za-z0-9.!#$%&'*+/=?^_{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+`)
-	reAddrLine  = regexp.MustCompile(`^(?i:(?:final-recipient|original-recipient|recipient|to|address|宛先|送信先)\s*[:：]\s*(?:rfc822;)?\s*)?<?([A-Za-z0-9.!#$%&'*+/=?^_{|}~-]+@[A-Za-z0-9.-]+[A-Za-z0-9])>?(?:\s*:)?(?:\s*(?:\.\.\.|:)\s*(.*))?$`)
+	reAddr = regexp.MustCompile(`[A-Za-z0-9.!#$%&'*+/=?^_{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+`)
+	// reAddrLine is a line that starts with a failed address (after an
+	// optional reply code: "554 <a@b>... 550 Host unknown"), with the
+	// reason after it ("<a@b>... User unknown", "a@b [User unknown]",
+	// "a@b Invalid Address, ERROR_CODE :550").
+	reAddrLine = regexp.MustCompile(`^(?:[45]\d\d[ -]+)?(?i:(?:final-recipient|original-recipient|recipient|to|address|宛先|送信先)\s*[:：]\s*(?:rfc822;)?\s*)?["<]?([A-Za-z0-9.!#$%&'*+/=?^_{|}~-]+@[A-Za-z0-9.-]+[A-Za-z0-9])[">]?(?:\s*:)?(?:(?:\s*(?:\.\.\.|:)|\s)\s*(.*))?$`)
+	// reLabelAddr is a reason, a colon and the address: "Unknown user:
+	// a@b", "Could not be delivered to: <a@b>".
+	reLabelAddr = regexp.MustCompile(`^([A-Za-z][A-Za-z '\-]{2,60}?)\s*[:：]\s*["<]?([A-Za-z0-9.!#$%&'*+/=?^_{|}~-]+@[A-Za-z0-9.-]+[A-Za-z0-9])[">]?\s*\.?$`)
 	reMsgIDLine = regexp.MustCompile(`(?im)^message-id:\s*<([^>\s]+)>`)
 	reRetPath   = regexp.MustCompile(`(?im)^return-path:\s*<([^>\s]*)>`)
 	reRcptTo    = regexp.MustCompile(`(?i)rcpt to:\s*<([^>\s]+)>`)
@@ -85,12 +94,24 @@ func classifyPlain(env *envelope, rep *Report) {
 	delay := matchAny(subj, delaySubjects) || matchAny(body, delayMarkers)
 	if !bounce && !delay && (autoHeaders(env, autoSubj) || autoSubj) {
 		rep.Kind = KindAutoReply
+		rep.Recipients = replyingAddr(env)
 		return
 	}
 	if !bounce && !delay {
 		return // KindUnknown
 	}
 	parsePlain(env, rep, !delay || matchAny(body, permanentMarkers))
+}
+
+// replyingAddr is the address an auto-reply comes from (Reply-To is often
+// someone else: an assistant, a shared desk), as the report's recipient.
+func replyingAddr(env *envelope) []Recipient {
+	for _, k := range []string{"From", "Sender", "Return-Path"} {
+		if a := mailAddr(firstAddr(env.header.Get(k))); a != "" {
+			return []Recipient{{Recipient: a}}
+		}
+	}
+	return nil
 }
 
 // fromDaemon reports whether the report comes from a mail system rather
@@ -160,7 +181,7 @@ func parsePlain(env *envelope, rep *Report, failed bool) {
 		if !hasCode(b.lines) && len(blocks) == 1 {
 			b.lines = append(b.lines, codeLines(lines, b.addr)...)
 		}
-		rep.Recipients = append(rep.Recipients, plainRecipient(b, rep.Kind, head))
+		rep.Recipients = append(rep.Recipients, plainRecipient(b, rep.Kind, head, len(blocks) == 1))
 	}
 }
 
@@ -178,10 +199,25 @@ func addrBlocks(lines []string, exclude map[string]bool) []*block {
 	var out []*block
 	byAddr := map[string]*block{}
 	var cur *block
+	open := func(a, reason string) {
+		b := byAddr[strings.ToLower(a)]
+		if b == nil {
+			b = &block{addr: a}
+			byAddr[strings.ToLower(a)] = b
+			out = append(out, b)
+		}
+		if reason != "" {
+			b.lines = append(b.lines, reason)
+		}
+		cur = b
+	}
 	for _, l := range lines {
 		t := strings.TrimSpace(l)
 		if t == "" {
-			if cur != nil && len(cur.lines) > 0 {
+			// A blank line ends the block once it has a line that
+			// says something; "because:" and "Reason:" wait for
+			// the next paragraph (Lotus Domino).
+			if cur != nil && substantive(cur.lines) {
 				cur = nil
 			}
 			continue
@@ -189,16 +225,13 @@ func addrBlocks(lines []string, exclude map[string]bool) []*block {
 		if m := reAddrLine.FindStringSubmatch(t); m != nil {
 			a := normAddr(m[1])
 			if !exclude[strings.ToLower(a)] && !isDaemonAddr(a) {
-				b := byAddr[strings.ToLower(a)]
-				if b == nil {
-					b = &block{addr: a}
-					byAddr[strings.ToLower(a)] = b
-					out = append(out, b)
-				}
-				if m[2] != "" {
-					b.lines = append(b.lines, m[2])
-				}
-				cur = b
+				open(a, m[2])
+				continue
+			}
+		} else if m := reLabelAddr.FindStringSubmatch(t); m != nil {
+			a := normAddr(m[2])
+			if !exclude[strings.ToLower(a)] && !isDaemonAddr(a) {
+				open(a, m[1])
 				continue
 			}
 		}
@@ -212,6 +245,16 @@ func addrBlocks(lines []string, exclude map[string]bool) []*block {
 	return out
 }
 
+// substantive reports whether lines hold more than labels ending in ':'.
+func substantive(lines []string) bool {
+	for _, l := range lines {
+		if !strings.HasSuffix(strings.TrimSpace(l), ":") {
+			return true
+		}
+	}
+	return false
+}
+
 // mentionedAddrs is the fallback when no address stands on its own line:
 // X-Failed-Recipients (Exim), "RCPT TO:<…>" in a transcript, then any
 // address the text mentions.
@@ -219,6 +262,14 @@ func mentionedAddrs(env *envelope, head string, exclude map[string]bool) []*bloc
 	var cands []string
 	for _, v := range env.header.Values("X-Failed-Recipients") {
 		cands = append(cands, strings.Split(v, ",")...)
+	}
+	if len(cands) == 0 {
+		// A family of bounces names the failed address only in its
+		// own X-Original-To (excludedAddrs keeps it when it is not
+		// the report's own To).
+		for _, v := range env.header.Values("X-Original-To") {
+			cands = append(cands, reAddr.FindAllString(v, 5)...)
+		}
 	}
 	if len(cands) == 0 {
 		for _, m := range reRcptTo.FindAllStringSubmatch(head, 20) {
@@ -281,27 +332,33 @@ func hasCode(lines []string) bool {
 // plainRecipient classifies one recovered block. Without any recovered line
 // the result is ReasonOther with the start of the text as diagnostic: a
 // guess is never hard.
-func plainRecipient(b *block, kind Kind, head string) Recipient {
+func plainRecipient(b *block, kind Kind, head string, single bool) Recipient {
 	rc := Recipient{Recipient: b.addr}
 	joined := strings.Join(b.lines, "\n")
 	rc.Code, rc.Status = severestCodes(joined)
 	rc.Diagnostic = cleanDiag(joined)
 	if rc.Diagnostic == "" {
 		rc.Diagnostic = rawDiagnostic(head)
-		rc.Reason = ReasonOther
+		rc.Reason, rc.Action, rc.Status = ReasonOther, "failed", "5.0.0"
 		if kind == KindDelay {
-			rc.Reason = Classify(0, "", "")
+			rc.Action, rc.Status = "delayed", "4.0.0"
+		}
+		// Text not tied to the address is weak evidence: its reason
+		// may be told, but it never suppresses.
+		if r := Classify(Reply{Text: rc.Diagnostic}).Reason; !r.Hard() {
+			rc.Reason = r
 		}
 		return rc
 	}
-	rc.Reason = Classify(rc.Code, rc.Status, truncate(joined, 4*maxDiagnostic))
-	if kind == KindBounce && (strings.HasPrefix(rc.Status, "4") || rc.Status == "" && rc.Code/100 == 4) {
-		switch rc.Reason {
-		case ReasonNetwork, ReasonSystem, ReasonOther, ReasonRateLimited:
-			rc.Reason = ReasonExpired
-		}
+	rc.Action = "failed"
+	if kind == KindDelay {
+		rc.Action = "delayed"
 	}
-	rc.Hard = kind == KindBounce && rc.Reason.Hard()
+	phase := PhaseFromText(joined)
+	if phase == vocab.PhaseUnknown && single {
+		phase = PhaseFromText(head)
+	}
+	classifyRecipient(&rc, rc.Code, truncate(joined, 4*maxDiagnostic), phase)
 	return rc
 }
 
@@ -388,13 +445,16 @@ func lowerASCII(s string) string {
 // the daemon in From): they are never failed recipients.
 func excludedAddrs(env *envelope) map[string]bool {
 	ex := map[string]bool{}
-	for _, k := range []string{"From", "To", "Cc", "Reply-To", "Sender", "Return-Path", "Delivered-To", "X-Original-To"} {
+	for _, k := range []string{"From", "To", "Cc", "Reply-To", "Sender", "Return-Path", "Delivered-To"} {
 		for _, v := range env.header.Values(k) {
 			for _, a := range reAddr.FindAllString(v, 10) {
 				ex[strings.ToLower(normAddr(a))] = true
 			}
 		}
 	}
+	// X-Original-To is the report's own address when a forwarder added
+	// it on the way to us (then it is To or Delivered-To, excluded
+	// above); otherwise it names the failed recipient and stays.
 	return ex
 }
 

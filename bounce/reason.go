@@ -51,18 +51,18 @@ func (r Reason) Hard() bool {
 	return false
 }
 
-// Classify maps an SMTP reply to a Reason. code is the three-digit reply code
+// classifyText maps an SMTP reply to a Reason without regard to the phase
+// (Classify applies the phase on top). code is the three-digit reply code
 // (0 if unknown), enhanced the RFC 3463 enhanced status ("5.1.1", or ""), and
 // text the free text of the reply or DSN Diagnostic-Code. Missing codes are
-// recovered from the start of text ("smtp; 550 5.1.1 …"). It is used both for
-// replies seen during delivery and for DSN diagnostics.
+// recovered from the start of text ("smtp; 550 5.1.1 …").
 //
 // Text evidence beats codes, and evidence that our own host or IP was refused
 // beats everything: servers send "550 5.1.1" and "550 5.7.1" for blocklist
 // hits, and suppressing a valid address for our own problem is the worst
 // mistake this function can make. A transient reply (4xx or 4.x.x) never
 // yields a hard reason. When nothing is recognisable the result is soft.
-func Classify(code int, enhanced, text string) Reason {
+func classifyText(code int, enhanced, text string) Reason {
 	enhanced = normEnhanced(enhanced)
 	if code == 0 || enhanced == "" {
 		c, e := replyCodes(text)
@@ -96,7 +96,17 @@ func transient(code int, enhanced string) bool {
 func classify(code int, enhanced, t string) Reason {
 	// Order matters: each rule is evidence that must win over the
 	// ones below it.
+	switch enhanced {
+	case "5.7.509", "5.7.510", "5.7.511", "5.7.515", "4.7.509", "4.7.515":
+		// Microsoft's sender-authentication rejections: never the
+		// recipient's fault, whatever the text says.
+		return ReasonSecurity
+	}
 	switch {
+	case matchRe(t, reNotListed):
+		// Lotus Notes/Domino: "… is not listed in … Directory" is an
+		// unknown user, unlike a blocklist's "listed in".
+		return ReasonUserUnknown
 	case matchAny(t, hostBlocked) || matchRe(t, reHostBlocked):
 		return ReasonBlocked
 	case matchAny(t, rateLimited):
@@ -107,14 +117,20 @@ func classify(code int, enhanced, t string) Reason {
 		return ReasonSecurity
 	case matchAny(t, senderRejected):
 		return ReasonRejected
-	case matchAny(t, expiredText):
+	case matchAny(t, relayDenied):
+		return ReasonRejected
+	case matchAny(t, mailboxFullText):
+		// Before expired: Exim's "mailbox is full: retry timeout
+		// exceeded" still counts toward the soft-bounce run.
+		return ReasonMailboxFull
+	case matchAny(t, expiredText) || matchRe(t, reExpired):
 		return ReasonExpired
+	case matchAny(t, noAddressText):
+		return ReasonNetwork
 	case matchAny(t, notAcceptText):
 		return ReasonNotAccept
 	case matchAny(t, hostUnknownText):
 		return ReasonHostUnknown
-	case matchAny(t, mailboxFullText):
-		return ReasonMailboxFull
 	case matchAny(t, userUnknownText) || userUnknownByCode(enhanced, t):
 		return ReasonUserUnknown
 	case matchAny(t, suspendedText) || matchRe(t, reSuspended):

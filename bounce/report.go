@@ -24,7 +24,7 @@ const (
 type Recipient struct {
 	Recipient         string // final recipient address (lower-cased domain), "" if not recoverable
 	OriginalRecipient string // RFC 3464 Original-Recipient, or ARF Original-Rcpt-To
-	Action            string // failed, delayed, delivered, relayed, expanded ("" for non-DSN)
+	Action            string // failed, delayed, delivered, relayed, expanded (inferred for plain-text bounces, "" for feedback and auto-replies)
 	Status            string // enhanced status "5.1.1" ("" if none)
 	Code              int    // SMTP reply code from the diagnostic if present
 	Reason            Reason // "" for delivered recipients and feedback reports
@@ -71,39 +71,46 @@ func Parse(r io.Reader) (rep *Report, err error) {
 	return parse(raw), nil
 }
 
-// Line is one JSON line of `hermod bounce parse FILE…`.
+// Line is one JSON line of `hermod bounce parse FILE…`: Decide's answer
+// for one recipient the report names, the same the bounce listener acts on.
 type Line struct {
-	File       string `json:"file"`
-	Kind       Kind   `json:"kind"`
-	Recipient  string `json:"recipient"`
-	Status     string `json:"status"`
-	Reason     Reason `json:"reason"`
-	Hard       bool   `json:"hard"`
-	Diagnostic string `json:"diagnostic"`
-	RemoteMTA  string `json:"remote_mta"`
+	File         string  `json:"file"`
+	Kind         Kind    `json:"kind"`
+	Recipient    string  `json:"recipient"`
+	Status       string  `json:"status"`
+	Reason       Reason  `json:"reason"`
+	Hard         bool    `json:"hard"`
+	Action       Outcome `json:"action"`
+	FeedbackType string  `json:"feedback_type,omitempty"`
+	Diagnostic   string  `json:"diagnostic"`
+	RemoteMTA    string  `json:"remote_mta"`
 }
 
-// Lines flattens rep into one Line per recipient; a report without
-// recipients gives a single line with an empty recipient.
+// Lines gives one Line per recipient of rep (each Decide(rep, that
+// recipient)); a report without recipients gives a single line with an
+// empty recipient.
 func Lines(file string, rep *Report) []Line {
-	if rep == nil {
-		return []Line{{File: file, Kind: KindUnknown}}
-	}
-	if len(rep.Recipients) == 0 {
-		return []Line{{File: file, Kind: rep.Kind}}
+	if rep == nil || len(rep.Recipients) == 0 {
+		return []Line{lineOf(file, Decide(rep, ""))}
 	}
 	out := make([]Line, 0, len(rep.Recipients))
-	for _, rc := range rep.Recipients {
-		out = append(out, Line{
-			File:       file,
-			Kind:       rep.Kind,
-			Recipient:  rc.Recipient,
-			Status:     rc.Status,
-			Reason:     rc.Reason,
-			Hard:       rc.Hard,
-			Diagnostic: rc.Diagnostic,
-			RemoteMTA:  rc.RemoteMTA,
-		})
+	for i := range rep.Recipients {
+		out = append(out, lineOf(file, decideFor(rep, i)))
 	}
 	return out
+}
+
+func lineOf(file string, d Decision) Line {
+	return Line{
+		File:         file,
+		Kind:         d.Kind,
+		Recipient:    d.Recipient,
+		Status:       d.Status,
+		Reason:       d.Reason,
+		Hard:         d.Hard,
+		Action:       d.Outcome,
+		FeedbackType: d.FeedbackType,
+		Diagnostic:   d.Diagnostic,
+		RemoteMTA:    d.RemoteMTA,
+	}
 }

@@ -9,7 +9,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/hermod-mta/hermod/bounce"
@@ -67,52 +66,12 @@ func (b *bounceIntake) apply(ctx context.Context, remote netip.Addr, rc smtpd.Bo
 		b.log.Info("bounce: message gone", "msgid", id, "client", remote)
 		return nil
 	}
-	var match *bounce.Recipient
-	named := false
-	for i := range rep.Recipients {
-		r := &rep.Recipients[i]
-		if r.Recipient == "" && r.OriginalRecipient == "" {
-			continue
-		}
-		named = true
-		if sameAddress(r.Recipient, want) || sameAddress(strings.TrimPrefix(r.OriginalRecipient, "rfc822;"), want) {
-			match = r
-			break
-		}
-	}
-	if named && match == nil {
-		b.log.Warn("bounce: report names other recipients; ignored", "msgid", id, "rcpt", want, "client", remote, "kind", rep.Kind)
+	// bounce.Decide is the one decision `hermod bounce parse` prints too.
+	d := bounce.Decide(rep, want)
+	ev, ok := bounceEvent(d, remote, rep.Subject)
+	if !ok {
+		b.log.Info("bounce: "+d.Note+"; ignored", "msgid", id, "rcpt", want, "client", remote, "kind", rep.Kind, "subject", rep.Subject)
 		return nil
-	}
-	if match == nil && len(rep.Recipients) > 0 {
-		match = &rep.Recipients[0]
-	}
-	ev := queue.Event{Source: "dsn", Host: remote.String()}
-	if match != nil {
-		ev.EnhancedCode, ev.Code, ev.Text, ev.Reason = match.Status, match.Code, match.Diagnostic, string(match.Reason)
-		if match.RemoteMTA != "" {
-			ev.Host = match.RemoteMTA
-		}
-	}
-	switch rep.Kind {
-	case bounce.KindBounce:
-		ev.Status = queue.StatusBounced
-		if ev.Reason == "" {
-			ev.Reason = string(bounce.ReasonOther)
-		}
-	case bounce.KindFeedback:
-		ev.Source, ev.Reason = "feedback", "complaint"
-		ev.Note = "complaint (" + rep.FeedbackType + ")"
-	case bounce.KindDelay:
-		ev.Note = "delay notice: " + ev.Text
-	case bounce.KindDelivered:
-		ev.Note = "delivery notice: " + ev.Text
-	case bounce.KindAutoReply:
-		b.log.Info("bounce: auto-reply ignored", "msgid", id, "rcpt", want, "subject", rep.Subject)
-		return nil
-	default:
-		ev.Note = "unrecognised message to the bounce address: " + rep.Subject
-		ev.Reason = ""
 	}
 	rec, err := b.store.Apply(ctx, id, rc.Index, ev)
 	if errors.Is(err, queue.ErrNotApplicable) {
@@ -136,11 +95,36 @@ func (b *bounceIntake) apply(ctx context.Context, remote netip.Addr, rc smtpd.Bo
 	return nil
 }
 
-// sameAddress compares addresses with the domain case-insensitive and the
-// local part too (mail systems fold it often enough that a report naming
-// Taro@ for taro@ is about the same person).
-func sameAddress(a, b string) bool {
-	return a != "" && strings.EqualFold(strings.Trim(a, "<> "), strings.Trim(b, "<> "))
+// bounceEvent turns Decide's answer into the event to record; false means
+// nothing is recorded (an auto-reply, a report about other recipients).
+// An event with StatusBounced and a hard reason suppresses the address
+// (eventHooks), exactly when `hermod bounce parse` prints "hard": true.
+func bounceEvent(d bounce.Decision, remote netip.Addr, subject string) (queue.Event, bool) {
+	if d.Outcome == bounce.OutcomeIgnore {
+		return queue.Event{}, false
+	}
+	ev := queue.Event{Source: "dsn", Host: remote.String(),
+		EnhancedCode: d.Status, Code: d.Code, Text: d.Diagnostic, Reason: string(d.Reason)}
+	if d.RemoteMTA != "" {
+		ev.Host = d.RemoteMTA
+	}
+	switch d.Outcome {
+	case bounce.OutcomeBounce:
+		ev.Status = queue.StatusBounced
+	case bounce.OutcomeComplaint:
+		ev.Source, ev.Reason = "feedback", "complaint"
+		ev.Note = d.Note
+	default: // bounce.OutcomeNote
+		switch d.Kind {
+		case bounce.KindDelay, bounce.KindBounce:
+			ev.Note = "delay notice: " + ev.Text
+		case bounce.KindDelivered:
+			ev.Note, ev.Reason = "delivery notice: "+ev.Text, ""
+		default:
+			ev.Note, ev.Reason = "unrecognised message to the bounce address: "+subject, ""
+		}
+	}
+	return ev, true
 }
 
 // keep stores a message for a person as <mailboxDir>/<mailbox>/<time>-<n>.eml (0600).

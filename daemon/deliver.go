@@ -48,8 +48,10 @@ func resultFromRelay(r relay.Result) queue.Result {
 		res.Status = queue.StatusDeferred
 	}
 	switch r.DNS {
-	case "nxdomain", "noaddress":
+	case "nxdomain":
 		res.Reason = string(bounce.ReasonHostUnknown)
+	case "noaddress": // an MX host without A/AAAA is not proof the address is wrong
+		res.Reason = string(bounce.ReasonNetwork)
 	case "nullmx":
 		res.Reason = string(bounce.ReasonNotAccept)
 	case "servfail", "timeout":
@@ -58,7 +60,8 @@ func resultFromRelay(r relay.Result) queue.Result {
 		if r.Code == 0 {
 			res.Reason = string(bounce.ReasonNetwork)
 		} else {
-			res.Reason = string(bounce.Classify(r.Code, r.EnhancedCode, r.Text))
+			// The relay will report r.Phase (vocab.Phase); until then unknown.
+			res.Reason = string(bounce.Classify(bounce.Reply{Code: r.Code, EnhancedCode: r.EnhancedCode, Text: r.Text, Phase: r.Phase}).Reason)
 		}
 	}
 	return res

@@ -13,12 +13,16 @@
 #   - the version command prints one line for the log, so a CI run shows
 #     exactly what it depended on.
 # Add a row when a test starts using a new tool; the test must use the tool
-# the way its probe does.
+# the way its probe does. Fields are split on "|", so a probe or version
+# command must not contain a pipe (use <<< for input).
 HERMOD_DEPS=(
 	"swaks|swaks|command -v swaks|swaks --version 2>&1 | head -n 1"
 	"smtp-sink|postfix|test -x /usr/sbin/smtp-sink|/usr/sbin/postconf -d mail_version 2>/dev/null"
 	"dkimpy|python3-dkim|/usr/bin/python3 -P -c 'import dkim'|/usr/bin/python3 -P -c 'import importlib.metadata as m; print(\"dkimpy\", m.version(\"dkimpy\"))'"
 	"named-checkzone|bind9-utils|command -v named-checkzone|named-checkzone -v"
+	"postfix|postfix|test -x /usr/sbin/postfix -a -x /usr/lib/postfix/sbin/master|/usr/sbin/postconf -d mail_version 2>/dev/null"
+	"exim|fn:install_exim|/opt/hermod/exim4/usr/sbin/exim4 -C /dev/stdin -bV <<< 'spool_directory = /tmp'|/opt/hermod/exim4/usr/sbin/exim4 -C /dev/stdin -bV <<< 'spool_directory = /tmp'"
+	"opensmtpd|fn:install_opensmtpd|/opt/hermod/opensmtpd/usr/sbin/smtpd -n -f /dev/stdin <<< 'match for any reject' && getent passwd opensmtpd opensmtpq && command -v unshare nsenter|/opt/hermod/opensmtpd/usr/sbin/smtpd -h 2>&1; true"
 	"staticcheck|fn:install_staticcheck|test -x \"\$(go env GOPATH)/bin/staticcheck\"|\"\$(go env GOPATH)/bin/staticcheck\" -version"
 )
 
@@ -27,6 +31,58 @@ STATICCHECK_VERSION=v0.8.2
 
 install_staticcheck() {
 	GOBIN="$(go env GOPATH)/bin" go install "honnef.co/go/tools/cmd/staticcheck@${STATICCHECK_VERSION}"
+}
+
+# EXIM_ROOT is where install_exim unpacks Debian's Exim; bounce/realmta_test.go
+# runs $EXIM_ROOT/usr/sbin/exim4 -C FILE from there as a private instance. The
+# probe names a spool directory because exim creates its compiled-in one
+# (/var/spool/exim4) otherwise.
+EXIM_ROOT=/opt/hermod/exim4
+
+# install_exim unpacks exim4-daemon-light, exim4-base and exim4-config with
+# dpkg -x (exim4 conflicts with postfix in apt, so it is never installed as
+# a package), installs the libraries the binary links against, and creates
+# the Debian-exim system user the binary is built to run deliveries as.
+install_exim() {
+	local tmp f
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -qq
+	apt-get install -y -qq libdb5.3 libgnutls-dane0 libgnutls30 libidn12 libidn2-0 libnsl2 libpcre2-8-0 libcrypt1 >/dev/null
+	tmp=$(mktemp -d)
+	chown _apt "$tmp" 2>/dev/null || true
+	(cd "$tmp" && apt-get download -qq exim4-daemon-light exim4-base exim4-config) || { rm -rf "$tmp"; return 1; }
+	mkdir -p "$EXIM_ROOT"
+	for f in "$tmp"/*.deb; do dpkg -x "$f" "$EXIM_ROOT"; done
+	rm -rf "$tmp"
+	getent passwd Debian-exim >/dev/null ||
+		useradd --system --user-group --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin Debian-exim
+}
+
+# OPENSMTPD_ROOT is where install_opensmtpd unpacks Debian's OpenSMTPD.
+# Its spool (/var/spool/smtpd), control socket (/run/smtpd.sock) and chroot
+# (/var/lib/opensmtpd/empty) are compiled in, so bounce/realmta_test.go runs
+# it in a private mount namespace (unshare -m) with temporary directories
+# bound over /var/spool, /run and /var/lib: nothing of the host's is used.
+OPENSMTPD_ROOT=/opt/hermod/opensmtpd
+
+# install_opensmtpd unpacks opensmtpd with dpkg -x (it conflicts with postfix
+# in apt), installs its libraries and creates its two privilege-separation
+# users, as the package's postinst would.
+install_opensmtpd() {
+	local tmp u
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -qq
+	apt-get install -y -qq libevent-2.1-7 libssl3 libdb5.3 libpam0g libcrypt1 zlib1g util-linux >/dev/null
+	tmp=$(mktemp -d)
+	chown _apt "$tmp" 2>/dev/null || true
+	(cd "$tmp" && apt-get download -qq opensmtpd) || { rm -rf "$tmp"; return 1; }
+	mkdir -p "$OPENSMTPD_ROOT"
+	dpkg -x "$tmp"/opensmtpd_*.deb "$OPENSMTPD_ROOT"
+	rm -rf "$tmp"
+	for u in opensmtpd opensmtpq; do
+		getent passwd "$u" >/dev/null ||
+			useradd --system --user-group --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin "$u"
+	done
 }
 
 # deps_field ROW N prints field N (1-based) of a row.

@@ -270,6 +270,50 @@ func TestCLIBounceParse(t *testing.T) {
 	}
 }
 
+// TestCLIBounceParseKinds: complaints, auto-replies and success DSNs carry
+// the reasons feedback (with its type), vacation and delivered; every
+// complaint recipient and the replying address of an auto-reply are
+// printed, never a placeholder such as "Undisclosed".
+func TestCLIBounceParseKinds(t *testing.T) {
+	dir := filepath.Join("..", "..", "bounce", "testdata", "corpus")
+	code, out, errs := runCLI(t, "", "bounce", "parse",
+		filepath.Join(dir, "048-arf-two-rcpt-to.eml"), filepath.Join(dir, "052-autoreply-undisclosed.eml"),
+		filepath.Join(dir, "021-postfix-delivered.eml"), filepath.Join(dir, "050-arf-undisclosed.eml"),
+		filepath.Join(dir, "051-microsoft-jmrp.eml"))
+	if code != 0 {
+		t.Fatalf("bounce parse: exit %d, stderr %q", code, errs)
+	}
+	type line struct {
+		File, Recipient, Reason, Kind, Action string
+		FeedbackType                          string `json:"feedback_type"`
+	}
+	var got []line
+	for _, s := range strings.Split(strings.TrimSpace(out), "\n") {
+		var l line
+		if err := json.Unmarshal([]byte(s), &l); err != nil {
+			t.Fatalf("line is not JSON: %s", s)
+		}
+		l.File = filepath.Base(l.File)
+		got = append(got, l)
+	}
+	want := []line{
+		{"048-arf-two-rcpt-to.eml", "kai.oishi@isp.example", "feedback", "feedback", "complaint", "abuse"},
+		{"048-arf-two-rcpt-to.eml", "rui.oishi@isp.example", "feedback", "feedback", "complaint", "abuse"},
+		{"052-autoreply-undisclosed.eml", "ryo.koike@example.com", "vacation", "autoreply", "ignore", ""},
+		{"021-postfix-delivered.eml", "ema.kondo@example.com", "delivered", "delivered", "note", ""},
+		{"050-arf-undisclosed.eml", "", "feedback", "feedback", "complaint", "abuse"},
+		{"051-microsoft-jmrp.eml", "akari.hino@outlook.example", "feedback", "feedback", "complaint", "abuse"},
+	}
+	if len(got) != len(want) {
+		t.Fatalf("got %d lines, want %d:\n%s", len(got), len(want), out)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Errorf("line %d = %+v, want %+v", i+1, got[i], want[i])
+		}
+	}
+}
+
 func TestCLIUsage(t *testing.T) {
 	code, out, errs := runCLI(t, "", "frobnicate")
 	if code != 2 || !strings.Contains(errs, `unknown command "frobnicate"`) || out != "" {
