@@ -4,10 +4,12 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -339,6 +341,43 @@ func (c *cli) dkimCmd(args []string) error {
 		return err
 	}
 	fmt.Fprintln(c.stdout, dkim.ZoneRecord(cfg.Sender.DKIMSelector+"._domainkey."+cfg.Sender.DKIMDomain, txt))
+	return nil
+}
+
+// errStoreProblems is the error of a store check that found problems.
+var errStoreProblems = errors.New("the store has problems (listed above)")
+
+func (c *cli) storeCmd(args []string) error {
+	if len(args) == 0 || args[0] != "check" {
+		return usageError("usage: hermod store check [-config FILE]")
+	}
+	fs, path := c.flags("store check")
+	if _, err := parse(fs, args[1:]); err != nil {
+		return err
+	}
+	cfg, err := loadConfig(*path)
+	if err != nil {
+		return err
+	}
+	rep, err := queue.Check(filepath.Join(cfg.DataDir, daemon.StoreFile), "")
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(c.stdout, "%d messages, %d recipients (", rep.Messages, rep.Recipients)
+	for i, st := range queue.Statuses {
+		if i > 0 {
+			fmt.Fprint(c.stdout, ", ")
+		}
+		fmt.Fprintf(c.stdout, "%d %s", rep.Counts[st], st)
+	}
+	fmt.Fprintf(c.stdout, "), %d events, %d body files\n", rep.Events, rep.BodyFiles)
+	for _, p := range rep.Problems {
+		fmt.Fprintln(c.stdout, "problem:", p)
+	}
+	if len(rep.Problems) > 0 {
+		return errStoreProblems
+	}
+	fmt.Fprintln(c.stdout, "ok")
 	return nil
 }
 

@@ -37,6 +37,7 @@ Usage:
   hermod suppress ls [-account A] [-address PREFIX] | show ADDR | add ADDR [-reason R] | rm ADDR
   hermod dkim show                         the platform DKIM TXT record to publish
   hermod bounce parse FILE...              classify bounce messages (no daemon needed)
+  hermod store check                       check the store offline (hermod must be stopped)
   hermod bench [-n N] [-c C] [-size B] [-peer postfix]   load benchmark on loopback
 
 Every subcommand takes -config FILE; without it, $HERMOD_CONFIG, then
@@ -79,6 +80,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		err = c.bounceCmd(args[1:])
 	case "bench":
 		err = c.bench(args[1:])
+	case "store":
+		err = c.storeCmd(args[1:])
 	default:
 		err = usageError("unknown command %q (see hermod help)", args[0])
 	}
