@@ -234,7 +234,14 @@ func TestStoreUnwritableMidRun(t *testing.T) {
 	if s.Writable() {
 		t.Fatal("store still writable on a full disk with no reserve")
 	}
+	// Deliveries already handed out when the store stopped taking writes
+	// finish (at most Concurrency of them); after that none may start.
+	atFlip, _ := sink.total()
+	time.Sleep(300 * time.Millisecond)
 	atStop, _ := sink.total()
+	if atStop-atFlip > 8 {
+		t.Errorf("%d deliveries after the store stopped taking writes; at most the 8 in flight may finish", atStop-atFlip)
+	}
 	time.Sleep(time.Second) // a window in which no delivery may start
 	during, _ := sink.total()
 	os.Remove(filler)
