@@ -11,8 +11,8 @@ cd "$(dirname "$0")/.."
 
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
-HERMOD_SOAK=1 HERMOD_CRASH_KILLS="${HERMOD_CRASH_KILLS:-20}" \
-  go test ./reliability/ ./cmd/hermod/ -run 'Test' -count=1 -v -timeout 30m 2>&1 | tee "$out"
+HERMOD_SOAK=1 HERMOD_SPOOL_SUMMARY=1 HERMOD_CRASH_KILLS="${HERMOD_CRASH_KILLS:-20}" \
+  go test ./reliability/ ./cmd/hermod/ ./queue/ -run 'Test' -count=1 -v -timeout 30m 2>&1 | tee "$out"
 status=${PIPESTATUS[0]}
 
 echo
