@@ -1,6 +1,8 @@
 package smtpd
 
 import (
+	"crypto/rand"
+	"encoding/base64"
 	"errors"
 	"net/netip"
 	"sync"
@@ -29,28 +31,82 @@ func (u *User) MayUse(account string) bool {
 	return false
 }
 
-// dummyHash is compared against when the user name is unknown, so that a
-// wrong name and a wrong password take the same time.
-var dummyHash, _ = bcrypt.GenerateFromPassword([]byte("hermod-no-such-user"), bcrypt.MinCost)
+// hasher checks passwords: it bounds how many bcrypt comparisons run at
+// once (a login flood must not take every core from the rest of hermod) and
+// compares unknown user names against a dummy hash of the same cost as the
+// configured ones, so a wrong name and a wrong password take the same time.
+type hasher struct {
+	sem chan struct{}
+	// wait is the longest a login waits for a free hashing slot.
+	wait time.Duration
+}
 
-// authenticate checks name and password against users.
-func authenticate(users map[string]*User, name, password string) (*User, bool) {
+func newHasher(slots int) *hasher {
+	if slots <= 0 {
+		slots = 1
+	}
+	return &hasher{sem: make(chan struct{}, slots), wait: 10 * time.Second}
+}
+
+// errHashBusy is returned when no hashing slot freed up in time.
+var errHashBusy = errors.New("smtpd: password hashing busy")
+
+// compare runs one bcrypt comparison within the concurrency bound.
+func (h *hasher) compare(hash []byte, password string) (bool, error) {
+	t := time.NewTimer(h.wait)
+	defer t.Stop()
+	select {
+	case h.sem <- struct{}{}:
+	case <-t.C:
+		return false, errHashBusy
+	}
+	defer func() { <-h.sem }()
+	return bcrypt.CompareHashAndPassword(hash, []byte(password)) == nil, nil
+}
+
+// dummyHashFor returns a bcrypt hash of a random password at the highest
+// cost among users (bcrypt.DefaultCost when there is none).
+func dummyHashFor(users []User) []byte {
+	cost := 0
+	for _, u := range users {
+		if c, err := bcrypt.Cost([]byte(u.PasswordHash)); err == nil && c > cost {
+			cost = c
+		}
+	}
+	if cost == 0 {
+		cost = bcrypt.DefaultCost
+	}
+	pw := make([]byte, 18)
+	rand.Read(pw)
+	h, err := bcrypt.GenerateFromPassword([]byte(base64.StdEncoding.EncodeToString(pw)), cost)
+	if err != nil { // cannot happen for a cost bcrypt.Cost accepted
+		h, _ = bcrypt.GenerateFromPassword([]byte("hermod-no-such-user"), bcrypt.DefaultCost)
+	}
+	return h
+}
+
+// authenticate checks name and password against users; an unknown name is
+// compared against dummy so that it costs the same.
+func (h *hasher) authenticate(users map[string]*User, dummy []byte, name, password string) (*User, bool, error) {
 	u, ok := users[name]
-	hash := dummyHash
+	hash := dummy
 	if ok {
 		hash = []byte(u.PasswordHash)
 	}
-	if bcrypt.CompareHashAndPassword(hash, []byte(password)) != nil || !ok {
-		return nil, false
+	match, err := h.compare(hash, password)
+	if err != nil || !match || !ok {
+		return nil, false, err
 	}
-	return u, true
+	return u, true, nil
 }
 
 // authLimiter slows down and then locks out repeated login failures from one
-// client address.
+// client address (IPv6: one /64). An attempt is reserved — counted as a
+// failure — before its password is hashed, and forgiven only when it
+// succeeds, so parallel guesses cannot all slip in before the lockout.
 type authLimiter struct {
 	mu       sync.Mutex
-	failures map[netip.Addr]*failureRecord
+	failures map[netip.Prefix]*failureRecord
 	// lockAfter failures within window lock the address out for lockFor.
 	lockAfter int
 	window    time.Duration
@@ -67,7 +123,7 @@ type failureRecord struct {
 }
 
 func newAuthLimiter(now func() time.Time) *authLimiter {
-	return &authLimiter{failures: map[netip.Addr]*failureRecord{}, lockAfter: 10, window: 15 * time.Minute,
+	return &authLimiter{failures: map[netip.Prefix]*failureRecord{}, lockAfter: 10, window: 15 * time.Minute,
 		lockFor: 15 * time.Minute, baseDelay: 250 * time.Millisecond, maxDelay: 4 * time.Second, now: now}
 }
 
@@ -75,15 +131,18 @@ func newAuthLimiter(now func() time.Time) *authLimiter {
 func (l *authLimiter) locked(addr netip.Addr) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	r := l.failures[addr]
+	r := l.failures[clientKey(addr)]
 	return r != nil && l.now().Before(r.lockedUntil)
 }
 
-// fail records a failure and returns how long to delay the answer.
-func (l *authLimiter) fail(addr netip.Addr) time.Duration {
+// reserve counts an attempt from addr before it is evaluated. It reports
+// whether the attempt may go ahead and, if it fails, how long to delay the
+// answer.
+func (l *authLimiter) reserve(addr netip.Addr) (bool, time.Duration) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := l.now()
+	key := clientKey(addr)
 	if len(l.failures) > 10000 { // bound memory under a distributed attack
 		for a, r := range l.failures {
 			if now.Sub(r.first) > l.window && now.After(r.lockedUntil) {
@@ -91,25 +150,33 @@ func (l *authLimiter) fail(addr netip.Addr) time.Duration {
 			}
 		}
 	}
-	r := l.failures[addr]
-	if r == nil || now.Sub(r.first) > l.window && now.After(r.lockedUntil) {
+	r := l.failures[key]
+	if r != nil && now.Before(r.lockedUntil) {
+		return false, 0
+	}
+	if r == nil || now.Sub(r.first) > l.window {
 		r = &failureRecord{first: now}
-		l.failures[addr] = r
+		l.failures[key] = r
 	}
 	r.count++
 	if r.count >= l.lockAfter {
 		r.lockedUntil = now.Add(l.lockFor)
 	}
 	d := l.baseDelay << min(r.count-1, 5)
-	return min(d, l.maxDelay)
+	return true, min(d, l.maxDelay)
 }
 
-// succeed forgets the failures of addr.
+// succeed forgives the attempt reserved for a login that succeeded and
+// forgets the failures of addr, unless other attempts reserved meanwhile
+// reached the lockout on their own.
 func (l *authLimiter) succeed(addr netip.Addr) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if r := l.failures[addr]; r != nil && !l.now().Before(r.lockedUntil) {
-		delete(l.failures, addr)
+	key := clientKey(addr)
+	if r := l.failures[key]; r != nil {
+		if r.count--; r.count < l.lockAfter {
+			delete(l.failures, key)
+		}
 	}
 }
 
