@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"time"
 
@@ -39,6 +40,9 @@ type limitListener struct {
 	total, perIP int
 	domain       string
 	pol          connPolicy
+	// startTLS: the server offers STARTTLS; implicitTLS: connections are TLS
+	// from the first byte (both tell the guard what it reads).
+	startTLS, implicitTLS bool
 	now          func() time.Time
 
 	mu        sync.Mutex
@@ -185,6 +189,11 @@ type guardConn struct {
 	authBy    time.Time // zero once authenticated or when not limited
 	budget    int       // lines left before AUTH; < 0: unlimited
 	dataBy    time.Time // overall DATA deadline, zero when none
+	line      []byte    // start of the current plain-text line (for STARTTLS)
+	records   bool      // counting TLS records, not lines
+	recHead   int       // bytes of the current record header seen
+	recLen    int       // record length being read from the header
+	recSkip   int       // record payload bytes still to skip
 	latched   error     // a timeout or budget error, returned from then on
 	closeOnce sync.Once
 }
@@ -200,6 +209,7 @@ func newGuardConn(c net.Conn, l *limitListener, addr netip.Addr, stranger bool) 
 	if l.pol.authTimeout <= 0 && l.pol.authBudget <= 0 {
 		g.authed = true
 	}
+	g.records = l.implicitTLS
 	return g
 }
 
@@ -220,12 +230,16 @@ func (g *guardConn) Read(p []byte) (int, error) {
 		return 0, err
 	}
 	if !g.authed && g.budget == 0 {
-		// The budget is spent: say so and end the session as if the
-		// client had closed (go-smtp then closes without another reply).
+		// The budget is spent: say so (in plain text only) and end the
+		// session as if the client had closed (go-smtp then closes
+		// without another reply).
 		g.latched = io.EOF
+		records := g.records
 		g.mu.Unlock()
-		g.Conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
-		g.Conn.Write([]byte("421 4.7.0 " + g.l.domain + " Too many commands without authentication; closing\r\n"))
+		if !records {
+			g.Conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
+			g.Conn.Write([]byte("421 4.7.0 " + g.l.domain + " Too many commands without authentication; closing\r\n"))
+		}
 		return 0, io.EOF
 	}
 	var deadline time.Time
@@ -244,15 +258,7 @@ func (g *guardConn) Read(p []byte) (int, error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if !g.authed && g.budget > 0 {
-		for i := 0; i < n; i++ {
-			if p[i] != '\n' {
-				continue
-			}
-			if g.budget--; g.budget == 0 {
-				n = i + 1 // the rest is never seen: the budget is spent
-				break
-			}
-		}
+		n = g.count(p[:n])
 	}
 	var ne net.Error
 	if err != nil && errors.As(err, &ne) && ne.Timeout() {
@@ -260,6 +266,55 @@ func (g *guardConn) Read(p []byte) (int, error) {
 		return n, g.latched
 	}
 	return n, err
+}
+
+// count spends the command budget on the bytes just read and returns how
+// many of them the session may see. In plain text a command is a line; once
+// the connection is encrypted (implicit TLS, or after a STARTTLS line when
+// STARTTLS is offered) the guard, which sits under TLS, counts TLS
+// application-data records instead: clients send one per command. g.mu
+// must be held.
+func (g *guardConn) count(p []byte) int {
+	for i := 0; i < len(p); i++ {
+		c := p[i]
+		if g.records {
+			// TLS record layer: type(1) version(2) length(2), then length bytes.
+			if g.recSkip > 0 {
+				skip := min(g.recSkip, len(p)-i)
+				g.recSkip -= skip
+				i += skip - 1
+			} else {
+				if g.recHead == 0 && c == 23 { // application_data
+					g.budget--
+				}
+				if g.recHead == 3 || g.recHead == 4 {
+					g.recLen = g.recLen<<8 | int(c)
+				}
+				if g.recHead++; g.recHead == 5 {
+					g.recSkip, g.recHead, g.recLen = g.recLen, 0, 0
+				}
+			}
+			if g.budget == 0 && g.recSkip == 0 && g.recHead == 0 {
+				return i + 1 // the last record allowed is complete
+			}
+			continue
+		}
+		if c != '\n' {
+			if len(g.line) < 16 {
+				g.line = append(g.line, c)
+			}
+			continue
+		}
+		startTLS := g.l.startTLS && strings.EqualFold(strings.TrimRight(string(g.line), "\r"), "STARTTLS")
+		g.line = g.line[:0]
+		if g.budget--; g.budget == 0 {
+			return i + 1 // the rest is never seen: the budget is spent
+		}
+		if startTLS {
+			g.records = true
+		}
+	}
+	return len(p)
 }
 
 // SetReadDeadline is ignored: the guard sets the deadline of every read.

@@ -234,6 +234,7 @@ func (s *Server) Serve(l net.Listener, implicitTLS bool) error {
 	if err != nil {
 		return nil // stopping already
 	}
+	lim.startTLS, lim.implicitTLS = !implicitTLS && tc != nil, implicitTLS
 	ll := net.Listener(lim)
 	if implicitTLS {
 		ll = tls.NewListener(ll, tc)
