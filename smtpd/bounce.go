@@ -135,7 +135,7 @@ func NewBounceServer(opts BounceOptions) *BounceServer {
 		opts.MaxRcptFailuresPerIP = 30
 	}
 	return &BounceServer{opts: opts, log: opts.Logger, rate: map[netip.Addr]*window{},
-		dataSem: make(chan struct{}, opts.MaxConcurrentData),
+		dataSem:  make(chan struct{}, opts.MaxConcurrentData),
 		failures: map[netip.Prefix]*window{}, logged: map[netip.Prefix]*window{}}
 }
 

@@ -43,7 +43,7 @@ type limitListener struct {
 	// startTLS: the server offers STARTTLS; implicitTLS: connections are TLS
 	// from the first byte (both tell the guard what it reads).
 	startTLS, implicitTLS bool
-	now          func() time.Time
+	now                   func() time.Time
 
 	mu        sync.Mutex
 	open      int

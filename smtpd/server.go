@@ -101,8 +101,8 @@ type Server struct {
 	log     *slog.Logger
 	limiter *authLimiter
 
-	hasher  *hasher
-	logKey  []byte
+	hasher *hasher
+	logKey []byte
 
 	mu      sync.RWMutex
 	users   map[string]*User
@@ -219,7 +219,7 @@ func (s *Server) Serve(l net.Listener, implicitTLS bool) error {
 	// exactly MaxMessageBytes through; strictReader enforces the real limit.
 	srv.MaxMessageBytes = s.opts.MaxMessageBytes + 1
 	srv.MaxRecipients = s.opts.MaxRecipients
-	srv.MaxLineLength = 2000 // commands; DATA lines are checked by strictReader
+	srv.MaxLineLength = 2000             // commands; DATA lines are checked by strictReader
 	srv.ReadTimeout = s.opts.IdleTimeout // the guardConn applies it per read
 	srv.EnableSMTPUTF8 = true
 	srv.WriteTimeout = time.Minute

@@ -11,7 +11,7 @@ import (
 	"time"
 	"unicode/utf8"
 
-		"github.com/emersion/go-sasl"
+	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 
 	"github.com/hermod-mta/hermod/vocab"
