@@ -18,6 +18,8 @@ HERMOD_DEPS=(
 	"swaks|swaks|command -v swaks|swaks --version 2>&1 | head -n 1"
 	"smtp-sink|postfix|test -x /usr/sbin/smtp-sink|/usr/sbin/postconf -d mail_version 2>/dev/null"
 	"dkimpy|python3-dkim|/usr/bin/python3 -P -c 'import dkim'|/usr/bin/python3 -P -c 'import importlib.metadata as m; print(\"dkimpy\", m.version(\"dkimpy\"))'"
+	"postfix|postfix|test -x /usr/sbin/postfix|/usr/sbin/postconf -d mail_version 2>/dev/null"
+	"sasl-plain|libsasl2-modules|compgen -G '/usr/lib/*/sasl2/libplain.so*'|dpkg-query -W -f='libsasl2-modules \${Version}\\n' libsasl2-modules"
 	"staticcheck|fn:install_staticcheck|test -x \"\$(go env GOPATH)/bin/staticcheck\"|\"\$(go env GOPATH)/bin/staticcheck\" -version"
 )
 
