@@ -35,8 +35,13 @@ func (u *User) MayUse(account string) bool {
 // once (a login flood must not take every core from the rest of hermod) and
 // compares unknown user names against a dummy hash of the same cost as the
 // configured ones, so a wrong name and a wrong password take the same time.
+//
+// Addresses that logged in successfully within the last day have one more
+// slot of their own, so that a flood of guesses from strangers cannot make
+// the application wait behind it.
 type hasher struct {
-	sem chan struct{}
+	sem     chan struct{}
+	trusted chan struct{}
 	// wait is the longest a login waits for a free hashing slot.
 	wait time.Duration
 }
@@ -45,22 +50,31 @@ func newHasher(slots int) *hasher {
 	if slots <= 0 {
 		slots = 1
 	}
-	return &hasher{sem: make(chan struct{}, slots), wait: 10 * time.Second}
+	return &hasher{sem: make(chan struct{}, slots), trusted: make(chan struct{}, 1), wait: 10 * time.Second}
 }
 
 // errHashBusy is returned when no hashing slot freed up in time.
 var errHashBusy = errors.New("smtpd: password hashing busy")
 
-// compare runs one bcrypt comparison within the concurrency bound.
-func (h *hasher) compare(hash []byte, password string) (bool, error) {
+// compare runs one bcrypt comparison within the concurrency bound; a
+// trusted client may also use the slot kept for trusted clients.
+func (h *hasher) compare(hash []byte, password string, trusted bool) (bool, error) {
 	t := time.NewTimer(h.wait)
 	defer t.Stop()
+	var own chan struct{}
+	if trusted {
+		own = h.trusted
+	}
+	var slot chan struct{}
 	select {
 	case h.sem <- struct{}{}:
+		slot = h.sem
+	case own <- struct{}{}: // a nil channel (not trusted) never proceeds
+		slot = own
 	case <-t.C:
 		return false, errHashBusy
 	}
-	defer func() { <-h.sem }()
+	defer func() { <-slot }()
 	return bcrypt.CompareHashAndPassword(hash, []byte(password)) == nil, nil
 }
 
@@ -87,13 +101,13 @@ func dummyHashFor(users []User) []byte {
 
 // authenticate checks name and password against users; an unknown name is
 // compared against dummy so that it costs the same.
-func (h *hasher) authenticate(users map[string]*User, dummy []byte, name, password string) (*User, bool, error) {
+func (h *hasher) authenticate(users map[string]*User, dummy []byte, name, password string, trusted bool) (*User, bool, error) {
 	u, ok := users[name]
 	hash := dummy
 	if ok {
 		hash = []byte(u.PasswordHash)
 	}
-	match, err := h.compare(hash, password)
+	match, err := h.compare(hash, password, trusted)
 	if err != nil || !match || !ok {
 		return nil, false, err
 	}

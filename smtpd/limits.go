@@ -87,6 +87,13 @@ func (l *limitListener) isTrusted(addr netip.Addr) bool {
 	return ok && l.now().Before(until)
 }
 
+// trustedAddr is isTrusted for callers without l.mu.
+func (l *limitListener) trustedAddr(addr netip.Addr) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.isTrusted(addr)
+}
+
 // trust records a successful login from addr.
 func (l *limitListener) trust(addr netip.Addr) {
 	l.mu.Lock()

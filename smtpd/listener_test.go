@@ -267,12 +267,12 @@ func TestDummyHashCost(t *testing.T) {
 	h := newHasher(1)
 	users, dummy := s.currentUsers()
 	start := time.Now()
-	if _, ok, _ := h.authenticate(users, dummy, "nobody", "x"); ok {
+	if _, ok, _ := h.authenticate(users, dummy, "nobody", "x", false); ok {
 		t.Fatal("unknown user accepted")
 	}
 	unknown := time.Since(start)
 	start = time.Now()
-	h.authenticate(users, dummy, "b", "x")
+	h.authenticate(users, dummy, "b", "x", false)
 	known := time.Since(start)
 	t.Logf("unknown user %s, known user %s", unknown, known)
 }

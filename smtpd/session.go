@@ -47,7 +47,9 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 			return errAuthLocked
 		}
 		users, dummy := s.srv.currentUsers()
-		u, ok, err := s.srv.hasher.authenticate(users, dummy, username, password)
+		g := guardOf(s.conn.Conn())
+		trusted := g != nil && g.l.trustedAddr(s.addr)
+		u, ok, err := s.srv.hasher.authenticate(users, dummy, username, password, trusted)
 		if err != nil {
 			s.srv.log.Warn("auth: no hashing slot free", "client", s.addr, "err", err)
 			return errAuthBusy
@@ -65,7 +67,7 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 		}
 		s.srv.limiter.succeed(s.addr)
 		s.user = u
-		if g := guardOf(s.conn.Conn()); g != nil {
+		if g != nil {
 			g.authenticate()
 		}
 		s.srv.log.Debug("auth ok", "user", username, "client", s.addr)
