@@ -64,11 +64,10 @@ type Options struct {
 type Mailbox struct {
 	opts Options
 
-	mu       sync.Mutex
-	bytes    int64 // stored plus reserved by deliveries in progress
-	files    int
-	reserved int64 // reserved by deliveries in progress
-	rate     map[netip.Prefix]*window
+	mu    sync.Mutex
+	bytes int64 // stored, and written so far by deliveries in progress
+	files int   // stored, and being written
+	rate  map[netip.Prefix]*window
 }
 
 type window struct {
@@ -129,11 +128,11 @@ func New(opts Options) (*Mailbox, error) {
 	return m, nil
 }
 
-// Usage reports the bytes and files stored.
+// Usage reports the bytes and files stored (and being written).
 func (m *Mailbox) Usage() (bytes int64, files int) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.bytes - m.reserved, m.files
+	return m.bytes, m.files
 }
 
 // clientKey is the unit client addresses are counted in (IPv6: the /64).
@@ -148,18 +147,28 @@ func clientKey(a netip.Addr) netip.Prefix {
 	return netip.PrefixFrom(a, a.BitLen())
 }
 
-// reserve sets aside room for one message from client: the most it may
-// write and the error to give when it writes more.
-func (m *Mailbox) reserve(client netip.Addr) (int64, error, error) {
+// startFile takes a file slot for a new message (ErrQuota when MaxFiles
+// are stored or being written).
+func (m *Mailbox) startFile() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.files >= m.opts.MaxFiles {
+		return fmt.Errorf("%w: %d files", ErrQuota, m.files)
+	}
+	m.files++
+	return nil
+}
+
+// grow accounts n more bytes of a message from client being written,
+// checking the total quota, the client's rate and the filesystem reserve
+// first. Concurrent writers grow one chunk at a time, so together they
+// cannot overrun any limit by more than a chunk each.
+func (m *Mailbox) grow(client netip.Addr, n int64) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	now := m.opts.Now()
-	if m.files >= m.opts.MaxFiles {
-		return 0, nil, fmt.Errorf("%w: %d files", ErrQuota, m.files)
-	}
-	room, over := m.opts.MaxMessageBytes, ErrTooBig
-	if left := m.opts.MaxTotalBytes - m.bytes; left < room {
-		room, over = left, ErrQuota
+	if m.bytes+n > m.opts.MaxTotalBytes {
+		return fmt.Errorf("%w: %d of %d bytes used", ErrQuota, m.bytes, m.opts.MaxTotalBytes)
 	}
 	if len(m.rate) > 10000 {
 		for k, w := range m.rate {
@@ -174,38 +183,27 @@ func (m *Mailbox) reserve(client netip.Addr) (int64, error, error) {
 		w = &window{start: now}
 		m.rate[key] = w
 	}
-	if left := m.opts.RateBytes - w.bytes; left < room {
-		room, over = left, ErrRate
+	if w.bytes+n > m.opts.RateBytes {
+		return fmt.Errorf("%w: %d bytes within %s", ErrRate, w.bytes, m.opts.RateWindow)
 	}
 	free, err := m.opts.FreeSpace(m.opts.Dir)
 	if err != nil {
-		return 0, nil, fmt.Errorf("mailbox: free space of %s: %w", m.opts.Dir, err)
+		return fmt.Errorf("mailbox: free space of %s: %w", m.opts.Dir, err)
 	}
-	if left := int64(free) - int64(m.opts.MinFree) - m.reserved; left < room {
-		room, over = left, ErrReserve
+	if int64(free)-n < int64(m.opts.MinFree) {
+		return fmt.Errorf("%w: %d bytes free, %d kept", ErrReserve, free, m.opts.MinFree)
 	}
-	if room <= 0 {
-		return 0, nil, over
-	}
-	m.bytes += room
-	m.reserved += room
-	w.bytes += room // given back, less what was stored, by settle
-	m.files++
-	return room, over, nil
+	m.bytes += n
+	w.bytes += n // what a client sent counts against its rate even if refused later
+	return nil
 }
 
-// settle turns a reservation of room into stored bytes (or nothing).
-func (m *Mailbox) settle(client netip.Addr, room, stored int64, ok bool) {
+// abandon gives back the file slot and the bytes of a message not stored.
+func (m *Mailbox) abandon(n int64) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.reserved -= room
-	m.bytes -= room - stored
-	if w := m.rate[clientKey(client)]; w != nil {
-		w.bytes -= room - stored
-	}
-	if !ok {
-		m.files--
-	}
+	m.files--
+	m.bytes -= n
 }
 
 // Deliver stores one message read from r for the mailboxes named (one
@@ -222,20 +220,24 @@ func (m *Mailbox) Deliver(ctx context.Context, client netip.Addr, mailFrom strin
 			return "", fmt.Errorf("mailbox: bad mailbox name %q", b)
 		}
 	}
-	room, over, err := m.reserve(client)
-	if err != nil {
+	if err := m.startFile(); err != nil {
 		return "", err
 	}
-	stored, path, err := m.write(ctx, client, mailFrom, boxes, r, room, over)
-	m.settle(client, room, stored, err == nil)
+	stored, path, err := m.write(ctx, client, mailFrom, boxes, r)
 	if err != nil {
+		m.abandon(stored)
 		return "", err
 	}
 	m.opts.Logger.Warn("mailbox: mail for "+strings.Join(boxes, ", ")+" kept", "file", path, "client", client, "from", mailFrom, "size", stored)
 	return path, nil
 }
 
-func (m *Mailbox) write(ctx context.Context, client netip.Addr, mailFrom string, boxes []string, r io.Reader, room int64, over error) (int64, string, error) {
+// chunk is the unit a message is accounted and written in.
+const chunk = 64 << 10
+
+// write stores the message as a temporary file renamed into place once
+// complete; it returns the bytes accounted (to give back on failure).
+func (m *Mailbox) write(ctx context.Context, client netip.Addr, mailFrom string, boxes []string, r io.Reader) (int64, string, error) {
 	dir := filepath.Join(m.opts.Dir, boxes[0])
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return 0, "", fmt.Errorf("mailbox: %w", err)
@@ -246,37 +248,57 @@ func (m *Mailbox) write(ctx context.Context, client netip.Addr, mailFrom string,
 	if err != nil {
 		return 0, "", fmt.Errorf("mailbox: %w", err)
 	}
+	var total int64
 	fail := func(err error) (int64, string, error) {
 		f.Close()
 		os.Remove(tmp)
-		return 0, "", err
+		return total, "", err
+	}
+	put := func(b []byte) error {
+		if total+int64(len(b)) > m.opts.MaxMessageBytes {
+			return fmt.Errorf("%w (more than %d bytes)", ErrTooBig, m.opts.MaxMessageBytes)
+		}
+		if err := m.grow(client, int64(len(b))); err != nil {
+			return err
+		}
+		total += int64(len(b))
+		if _, err := f.Write(b); err != nil {
+			return fmt.Errorf("mailbox: write %s: %w", tmp, err)
+		}
+		return nil
 	}
 	head := fmt.Sprintf("X-Hermod-Mailbox: %s\r\nX-Hermod-Client: %s\r\nX-Hermod-Envelope-From: <%s>\r\n",
 		strings.Join(boxes, ", "), client, sanitize(mailFrom))
-	n, err := f.WriteString(head)
-	if err != nil {
-		return fail(fmt.Errorf("mailbox: write %s: %w", tmp, err))
+	if err := put([]byte(head)); err != nil {
+		return fail(err)
 	}
-	// Copy at most room bytes in all; one more byte means a limit is overrun.
-	c, err := io.Copy(f, io.LimitReader(&ctxReader{ctx: ctx, r: r}, room-int64(n)+1))
-	total := int64(n) + c
-	if err != nil {
-		return fail(fmt.Errorf("mailbox: store message: %w", err))
-	}
-	if total > room {
-		return fail(fmt.Errorf("%w (more than %d bytes allowed now)", over, room))
+	buf := make([]byte, chunk)
+	cr := &ctxReader{ctx: ctx, r: r}
+	for {
+		n, rerr := io.ReadFull(cr, buf)
+		if n > 0 {
+			if err := put(buf[:n]); err != nil {
+				return fail(err)
+			}
+		}
+		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
+			break // the reader's end (the caller tells a cut-off DATA apart)
+		}
+		if rerr != nil {
+			return fail(fmt.Errorf("mailbox: store message: %w", rerr))
+		}
 	}
 	if err := f.Sync(); err != nil {
 		return fail(fmt.Errorf("mailbox: sync %s: %w", tmp, err))
 	}
 	if err := f.Close(); err != nil {
 		os.Remove(tmp)
-		return 0, "", fmt.Errorf("mailbox: close %s: %w", tmp, err)
+		return total, "", fmt.Errorf("mailbox: close %s: %w", tmp, err)
 	}
 	path := filepath.Join(dir, name+".eml")
 	if err := os.Rename(tmp, path); err != nil {
 		os.Remove(tmp)
-		return 0, "", fmt.Errorf("mailbox: %w", err)
+		return total, "", fmt.Errorf("mailbox: %w", err)
 	}
 	return total, path, nil
 }
