@@ -220,8 +220,8 @@ func TestAuthFlood(t *testing.T) {
 	if evaluated.Load() > 100 {
 		t.Errorf("%d wrong passwords evaluated, want at most 10 per address (100)", evaluated.Load())
 	}
-	if took > 5*time.Second {
-		t.Errorf("application submission took %s during the flood", took)
+	if took > 1500*time.Millisecond {
+		t.Errorf("application submission took %s during the flood (a hashing slot is kept for addresses that logged in before)", took)
 	}
 	ratio := float64(unknown) / float64(known)
 	if ratio < 0.7 || ratio > 1.4 {
