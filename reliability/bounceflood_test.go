@@ -6,7 +6,6 @@ import (
 	"io/fs"
 	"log/slog"
 	"net"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -145,7 +144,6 @@ func TestBounceListenerFlood(t *testing.T) {
 	submit(t, subAddr, "after-flood@dest.test")
 	summary(t, "bounce listener: 50 RCPTs in one transaction → 1 file; %d MB flood (50 concurrent %d MiB messages from 5 addresses) in %.1f s: replies %v; %.1f MB stored in %d files (quota 12 MiB), heap peak %d MB, spool reserve intact (%d GB free), submissions unaffected",
 		50*size>>20, size>>20, time.Since(start).Seconds(), replies, float64(stored)/(1<<20), files, peak>>20, free>>30)
-	_ = os.Getpid
 }
 
 // TestVERPGuessing (issue 11): guessing VERP addresses at line speed meets

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"fmt"
 	"net"
-	"os"
 	"runtime"
 	"strings"
 	"sync"
@@ -326,5 +325,4 @@ func TestDataPromises(t *testing.T) {
 	}
 	summary(t, "submission data: slow DATA (a line / 300ms for 3s, idle_timeout 1s) %.9s; stalled %.9s; exactly max_message_bytes %.3s, max+1 %.9s; 25 MiB of short header lines %.9s, heap +%.1f MB; half-closed DATA %.9s, nothing queued",
 		slow, stalled, atMax, overMax, header, growth, cut)
-	_ = os.Getenv
 }
