@@ -154,18 +154,25 @@ func TestAPILongPollBounds(t *testing.T) {
 	}
 	done := make(chan int, 2)
 	for range 2 {
-		go func() { code, _ := get("/v1/events?tail=1&wait=3s"); done <- code }()
+		go func() {
+			code := 429
+			for end := time.Now().Add(10 * time.Second); code == 429 && time.Now().Before(end); {
+				code, _ = get("/v1/events?tail=1&wait=5s") // a 429 here met a probe's slot: again
+			}
+			done <- code
+		}()
 	}
-	deadline := time.Now().Add(5 * time.Second)
+	// Probe with a 1ms wait until the two are open (a probe that comes
+	// first takes a slot for 1ms only, and the waiter tries again).
+	deadline := time.Now().Add(10 * time.Second)
 	var code int
 	for time.Now().Before(deadline) {
-		if code, _ = get("/v1/events?tail=1&wait=3s"); code == 429 {
+		if code, _ = get("/v1/events?tail=1&wait=1ms"); code == 429 {
 			break
 		}
-		// (a 200 here came back after 3s: the two waits were not open yet)
 	}
 	if code != 429 {
-		t.Fatalf("third long-poll while two are open: %d, want 429", code)
+		t.Fatalf("long-poll while two are open: %d, want 429", code)
 	}
 	if code, body := get("/v1/events?tail=1"); code != 200 {
 		t.Fatalf("plain poll: %d %s", code, body)
