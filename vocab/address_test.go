@@ -7,7 +7,7 @@ import (
 
 func TestParseAddress(t *testing.T) {
 	for in, want := range map[string]Address{
-		"太郎@例え.JP":          "太郎@xn--r8jz45g.jp",
+		"太郎@例え.JP":            "太郎@xn--r8jz45g.jp",
 		"<Taro@Example.COM.>": "Taro@example.com",
 		`"a b"@example.com`:   `"a b"@example.com`,
 	} {
