@@ -49,7 +49,7 @@ type limitListener struct {
 	open      int
 	strangers int
 	byAddr    map[netip.Addr]int
-	trusted   map[netip.Prefix]time.Time
+	trust     *trustSet
 	draining  bool
 }
 
@@ -73,47 +73,60 @@ func newLimitListener(l net.Listener, total, perIP int, domain string, pol connP
 	if now == nil {
 		now = time.Now
 	}
-	if pol.trustFor <= 0 {
-		pol.trustFor = 24 * time.Hour
-	}
 	return &limitListener{Listener: l, total: total, perIP: perIP, domain: domain, pol: pol, now: now,
-		byAddr: map[netip.Addr]int{}, trusted: map[netip.Prefix]time.Time{}}
+		byAddr: map[netip.Addr]int{}, trust: newTrustSet(pol.trustFor, now)}
 }
 
-// isTrusted reports whether addr (its /64 for IPv6) authenticated within
-// trustFor; l.mu must be held.
-func (l *limitListener) isTrusted(addr netip.Addr) bool {
-	until, ok := l.trusted[clientKey(addr)]
-	return ok && l.now().Before(until)
+// trustSet remembers the client addresses (IPv6: /64) that logged in
+// successfully, for a while; every listener of one service shares it.
+type trustSet struct {
+	mu  sync.Mutex
+	m   map[netip.Prefix]time.Time
+	ttl time.Duration
+	now func() time.Time
 }
 
-// trustedAddr is isTrusted for callers without l.mu.
-func (l *limitListener) trustedAddr(addr netip.Addr) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.isTrusted(addr)
+func newTrustSet(ttl time.Duration, now func() time.Time) *trustSet {
+	if ttl <= 0 {
+		ttl = 24 * time.Hour
+	}
+	if now == nil {
+		now = time.Now
+	}
+	return &trustSet{m: map[netip.Prefix]time.Time{}, ttl: ttl, now: now}
 }
 
-// trust records a successful login from addr.
-func (l *limitListener) trust(addr netip.Addr) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	now := l.now()
-	if len(l.trusted) >= maxTrusted {
-		for k, until := range l.trusted {
+// has reports whether addr logged in within the last ttl.
+func (t *trustSet) has(addr netip.Addr) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	until, ok := t.m[clientKey(addr)]
+	return ok && t.now().Before(until)
+}
+
+// add records a successful login from addr.
+func (t *trustSet) add(addr netip.Addr) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	now := t.now()
+	if len(t.m) >= maxTrusted {
+		for k, until := range t.m {
 			if !now.Before(until) {
-				delete(l.trusted, k)
+				delete(t.m, k)
 			}
 		}
-		for k := range l.trusted { // still full: forget an arbitrary one
-			if len(l.trusted) < maxTrusted {
+		for k := range t.m { // still full: forget an arbitrary one
+			if len(t.m) < maxTrusted {
 				break
 			}
-			delete(l.trusted, k)
+			delete(t.m, k)
 		}
 	}
-	l.trusted[clientKey(addr)] = now.Add(l.pol.trustFor)
+	t.m[clientKey(addr)] = now.Add(t.ttl)
 }
+
+// trustedAddr reports whether addr logged in recently.
+func (l *limitListener) trustedAddr(addr netip.Addr) bool { return l.trust.has(addr) }
 
 func (l *limitListener) Accept() (net.Conn, error) {
 	for {
@@ -125,7 +138,7 @@ func (l *limitListener) Accept() (net.Conn, error) {
 		l.mu.Lock()
 		draining := l.draining
 		over := l.total > 0 && l.open >= l.total || l.perIP > 0 && l.byAddr[addr] >= l.perIP
-		stranger := l.pol.maxStrangers > 0 && !l.isTrusted(addr)
+		stranger := l.pol.maxStrangers > 0 && !l.trust.has(addr)
 		overShare := stranger && l.strangers >= l.pol.maxStrangers
 		ok := !over && !overShare && !draining
 		if ok {
@@ -338,7 +351,7 @@ func (g *guardConn) authenticate() {
 	g.authed, g.stranger = true, false
 	g.mu.Unlock()
 	g.l.authenticated(was)
-	g.l.trust(g.addr)
+	g.l.trust.add(g.addr)
 }
 
 // hangUp ends the session after the reply being written: the next read
@@ -430,6 +443,7 @@ type servers struct {
 	mu        sync.Mutex
 	list      []*smtp.Server
 	listeners []*limitListener
+	trust     *trustSet // shared by the listeners
 	closing   bool
 }
 
@@ -442,6 +456,10 @@ func (ss *servers) register(srv *smtp.Server, l net.Listener, total, perIP int, 
 		return nil, smtp.ErrServerClosed
 	}
 	lim := newLimitListener(l, total, perIP, domain, pol, now)
+	if ss.trust == nil {
+		ss.trust = lim.trust
+	}
+	lim.trust = ss.trust
 	ss.list = append(ss.list, srv)
 	ss.listeners = append(ss.listeners, lim)
 	return lim, nil

@@ -401,3 +401,32 @@ func TestHalfClosedData(t *testing.T) {
 		t.Fatalf("%d cut-off messages queued, want 0", n)
 	}
 }
+
+// TestTrustSharedByListeners: a login on one listener (say implicit TLS)
+// makes the address known on the others too, so the application is not
+// taken for a stranger on the plain listener.
+func TestTrustSharedByListeners(t *testing.T) {
+	t.Parallel()
+	s, a, _, _ := startServer(t, Options{MaxConnections: 10, MaxUnauthenticated: 2})
+	l2, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Serve(l2, false)
+	t.Cleanup(func() { l2.Close() })
+	b := l2.Addr().String()
+	for range 2 {
+		if _, g := dialFrom(t, b, "127.0.0.2"); !strings.HasPrefix(g, "220") {
+			t.Fatalf("stranger within the share: %q", g)
+		}
+	}
+	if _, g := dialFrom(t, b, "127.0.0.1"); !strings.HasPrefix(g, "421") {
+		t.Fatalf("before logging in, the application is a stranger too: %q", g)
+	}
+	dialT(t, a).login(t)
+	cl, g := dialFrom(t, b, "127.0.0.1")
+	if !strings.HasPrefix(g, "220") {
+		t.Fatalf("after logging in on the other listener: %q, want 220", g)
+	}
+	cl.login(t)
+}
