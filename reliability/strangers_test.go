@@ -219,7 +219,7 @@ func TestAuthFlood(t *testing.T) {
 	if evaluated.Load() > 100 {
 		t.Errorf("%d wrong passwords evaluated, want at most 10 per address (100)", evaluated.Load())
 	}
-	if took > 1500*time.Millisecond {
+	if took > 3*normal+time.Second {
 		t.Errorf("application submission took %s during the flood (a hashing slot is kept for addresses that logged in before)", took)
 	}
 	ratio := float64(unknown) / float64(known)
@@ -265,12 +265,9 @@ func TestDataPromises(t *testing.T) {
 		t.Errorf("slow DATA %q (want 250), stalled DATA %q (want 451 4.4.2, generic)", slow, stalled)
 	}
 
-	// Exactly max, and max+1.
-	cl = mustDial(t, addr)
-	cl.login(t)
+	// Exactly max, and max+1 (built before connecting: idle_timeout is 1s).
 	max := int(cfg.Submission.MaxMessageBytes)
-	exact := func(n int) string {
-		begin()
+	build := func(n int) string {
 		head := "From: a@customer.test\r\nSubject: exact\r\n\r\n"
 		body := make([]byte, 0, n)
 		body = append(body, head...)
@@ -278,10 +275,17 @@ func TestDataPromises(t *testing.T) {
 			body = append(body, strings.Repeat("x", 70)+"\r\n"...)
 		}
 		body = append(body, strings.Repeat("y", n-len(body)-2)+"\r\n"...)
-		cl.write(string(body))
+		return string(body)
+	}
+	exactMsg, overMsg := build(max), build(max+1)
+	cl = mustDial(t, addr)
+	cl.login(t)
+	exact := func(msg string) string {
+		begin()
+		cl.write(msg)
 		return cl.cmd(".")
 	}
-	atMax, overMax := exact(max), exact(max+1)
+	atMax, overMax := exact(exactMsg), exact(overMsg)
 	if !strings.HasPrefix(atMax, "250") || !strings.HasPrefix(overMax, "552 5.3.4") {
 		t.Errorf("exactly max_message_bytes: %q (want 250); max+1: %q (want 552 5.3.4)", atMax, overMax)
 	}

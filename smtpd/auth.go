@@ -115,30 +115,38 @@ func (h *hasher) authenticate(users map[string]*User, dummy []byte, name, passwo
 }
 
 // authLimiter slows down and then locks out repeated login failures from one
-// client address (IPv6: one /64). An attempt is reserved — counted as a
-// failure — before its password is hashed, and forgiven only when it
-// succeeds, so parallel guesses cannot all slip in before the lockout.
+// client address (IPv6: one /64). An attempt is reserved before its password
+// is hashed: while the failures so far plus the attempts being checked
+// would reach the lockout, a new attempt waits for one of them to end. So
+// parallel guesses cannot all slip in before the lockout (at most
+// lockAfter are ever evaluated), while parallel logins of the application
+// merely wait a moment for each other.
 type authLimiter struct {
 	mu       sync.Mutex
 	failures map[netip.Prefix]*failureRecord
+	changed  chan struct{} // closed and replaced whenever an attempt ends
 	// lockAfter failures within window lock the address out for lockFor.
 	lockAfter int
 	window    time.Duration
 	lockFor   time.Duration
 	baseDelay time.Duration
 	maxDelay  time.Duration
-	now       func() time.Time
+	// maxWait is the longest an attempt waits for others to end.
+	maxWait time.Duration
+	now     func() time.Time
 }
 
 type failureRecord struct {
-	count       int
+	count       int // failures
+	inflight    int // attempts reserved and not yet ended
 	first       time.Time
 	lockedUntil time.Time
 }
 
 func newAuthLimiter(now func() time.Time) *authLimiter {
-	return &authLimiter{failures: map[netip.Prefix]*failureRecord{}, lockAfter: 10, window: 15 * time.Minute,
-		lockFor: 15 * time.Minute, baseDelay: 250 * time.Millisecond, maxDelay: 4 * time.Second, now: now}
+	return &authLimiter{failures: map[netip.Prefix]*failureRecord{}, changed: make(chan struct{}), lockAfter: 10,
+		window: 15 * time.Minute, lockFor: 15 * time.Minute, baseDelay: 250 * time.Millisecond, maxDelay: 4 * time.Second,
+		maxWait: 10 * time.Second, now: now}
 }
 
 // locked reports whether addr may not try to log in now.
@@ -149,49 +157,87 @@ func (l *authLimiter) locked(addr netip.Addr) bool {
 	return r != nil && l.now().Before(r.lockedUntil)
 }
 
-// reserve counts an attempt from addr before it is evaluated. It reports
-// whether the attempt may go ahead and, if it fails, how long to delay the
-// answer.
-func (l *authLimiter) reserve(addr netip.Addr) (bool, time.Duration) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	now := l.now()
+// reserve admits an attempt from addr before it is evaluated; it reports
+// false when the address is locked out (or stays over its budget for
+// maxWait). Every admitted attempt must be ended with end.
+func (l *authLimiter) reserve(addr netip.Addr) bool {
 	key := clientKey(addr)
-	if len(l.failures) > 10000 { // bound memory under a distributed attack
-		for a, r := range l.failures {
-			if now.Sub(r.first) > l.window && now.After(r.lockedUntil) {
-				delete(l.failures, a)
+	timer := time.NewTimer(l.maxWait)
+	defer timer.Stop()
+	for {
+		l.mu.Lock()
+		now := l.now()
+		if len(l.failures) > 10000 { // bound memory under a distributed attack
+			for a, r := range l.failures {
+				if r.inflight == 0 && now.Sub(r.first) > l.window && now.After(r.lockedUntil) {
+					delete(l.failures, a)
+				}
 			}
 		}
+		r := l.failures[key]
+		if r != nil && now.Before(r.lockedUntil) {
+			l.mu.Unlock()
+			return false
+		}
+		if r == nil || r.inflight == 0 && now.Sub(r.first) > l.window {
+			r = &failureRecord{first: now}
+			l.failures[key] = r
+		}
+		if r.count+r.inflight < l.lockAfter {
+			r.inflight++
+			l.mu.Unlock()
+			return true
+		}
+		changed := l.changed
+		l.mu.Unlock()
+		select {
+		case <-changed:
+		case <-timer.C:
+			return false
+		}
 	}
+}
+
+// release ends an admitted attempt that was not evaluated (no hashing slot).
+func (l *authLimiter) release(addr netip.Addr) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if r := l.failures[clientKey(addr)]; r != nil {
+		r.inflight--
+	}
+	close(l.changed)
+	l.changed = make(chan struct{})
+}
+
+// end records how an admitted attempt ended and returns how long to delay
+// the answer of a failure. A success forgets the address's failures.
+func (l *authLimiter) end(addr netip.Addr, ok bool) time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	defer func() {
+		close(l.changed)
+		l.changed = make(chan struct{})
+	}()
+	key := clientKey(addr)
 	r := l.failures[key]
-	if r != nil && now.Before(r.lockedUntil) {
-		return false, 0
+	if r == nil { // cannot happen: reserve made it
+		return 0
 	}
-	if r == nil || now.Sub(r.first) > l.window {
-		r = &failureRecord{first: now}
-		l.failures[key] = r
+	r.inflight--
+	if ok {
+		if r.inflight == 0 {
+			delete(l.failures, key)
+		} else {
+			r.count = 0
+		}
+		return 0
 	}
 	r.count++
 	if r.count >= l.lockAfter {
-		r.lockedUntil = now.Add(l.lockFor)
+		r.lockedUntil = l.now().Add(l.lockFor)
 	}
 	d := l.baseDelay << min(r.count-1, 5)
-	return true, min(d, l.maxDelay)
-}
-
-// succeed forgives the attempt reserved for a login that succeeded and
-// forgets the failures of addr, unless other attempts reserved meanwhile
-// reached the lockout on their own.
-func (l *authLimiter) succeed(addr netip.Addr) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	key := clientKey(addr)
-	if r := l.failures[key]; r != nil {
-		if r.count--; r.count < l.lockAfter {
-			delete(l.failures, key)
-		}
-	}
+	return min(d, l.maxDelay)
 }
 
 // loginServer implements the server side of the LOGIN mechanism

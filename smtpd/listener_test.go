@@ -229,6 +229,33 @@ func TestParallelGuessesReserved(t *testing.T) {
 	}
 }
 
+// TestParallelLoginsNotLocked: the application's parallel logins from one
+// address (a connection pool) all succeed: reserving them only makes them
+// wait for each other, it does not count them as failures.
+func TestParallelLoginsNotLocked(t *testing.T) {
+	t.Parallel()
+	_, addr, _, _ := startServer(t, Options{HashConcurrency: 1,
+		Users: []User{{Name: "app", PasswordHash: testHash(t, 6), Accounts: []string{"*"}}}})
+	var wg sync.WaitGroup
+	replies := make(chan string, 30)
+	for range 30 {
+		cl := dialT(t, addr)
+		cl.cmd("EHLO pool.test")
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			replies <- cl.cmd(plainAuth("app", testPass))
+		}()
+	}
+	wg.Wait()
+	close(replies)
+	for r := range replies {
+		if !strings.HasPrefix(r, "235") {
+			t.Fatalf("parallel login of the application: %q, want 235", r)
+		}
+	}
+}
+
 // TestLimiterCountsIPv6Per64: failures from many addresses of one /64 lock
 // the whole /64, not another one.
 func TestLimiterCountsIPv6Per64(t *testing.T) {
@@ -236,9 +263,10 @@ func TestLimiterCountsIPv6Per64(t *testing.T) {
 	l := newAuthLimiter(func() time.Time { return now })
 	for i := range 10 {
 		a := netip.MustParseAddr(fmt.Sprintf("2001:db8:1:2::%x", i+1))
-		if ok, _ := l.reserve(a); !ok {
+		if !l.reserve(a) {
 			t.Fatalf("attempt %d refused early", i)
 		}
+		l.end(a, false)
 	}
 	if !l.locked(netip.MustParseAddr("2001:db8:1:2:ffff::1")) {
 		t.Error("10 failures from one /64 did not lock another address of it")

@@ -42,8 +42,7 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 	check := func(username, password string) error {
 		// The attempt is counted before the password is hashed, so that
 		// parallel guesses from one address stop at the lockout.
-		ok, delay := s.srv.limiter.reserve(s.addr)
-		if !ok {
+		if !s.srv.limiter.reserve(s.addr) {
 			return errAuthLocked
 		}
 		users, dummy := s.srv.currentUsers()
@@ -51,9 +50,11 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 		trusted := g != nil && g.l.trustedAddr(s.addr)
 		u, ok, err := s.srv.hasher.authenticate(users, dummy, username, password, trusted)
 		if err != nil {
+			s.srv.limiter.release(s.addr)
 			s.srv.log.Warn("auth: no hashing slot free", "client", s.addr, "err", err)
 			return errAuthBusy
 		}
+		delay := s.srv.limiter.end(s.addr, ok)
 		if !ok {
 			// A name that is not a user may be a password typed into the
 			// wrong field: the log gets a tag, never the text.
@@ -65,7 +66,6 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 			time.Sleep(delay) // deliberate: slows down guessing
 			return errAuthFailed
 		}
-		s.srv.limiter.succeed(s.addr)
 		s.user = u
 		if g != nil {
 			g.authenticate()
