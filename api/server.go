@@ -34,13 +34,22 @@ type Options struct {
 	// Extra handlers mounted without the token check's exemption (e.g. /metrics, pprof).
 	Mount  map[string]http.Handler
 	Logger *slog.Logger
+	// MaxWait is the longest /v1/events?wait= (default DefaultMaxWait);
+	// MaxLongPolls how many such waits may be open at once (default 64).
+	// Beyond it a waiting request gets 429 with Retry-After.
+	MaxWait      time.Duration
+	MaxLongPolls int
 }
+
+// DefaultMaxWait is the default longest long-poll of /v1/events.
+const DefaultMaxWait = time.Minute
 
 // Server is the API http.Handler.
 type Server struct {
-	opts Options
-	mux  *http.ServeMux
-	log  *slog.Logger
+	opts  Options
+	mux   *http.ServeMux
+	log   *slog.Logger
+	polls chan struct{} // one token per open long-poll
 }
 
 // New returns the API handler.
@@ -48,7 +57,13 @@ func New(opts Options) *Server {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{opts: opts, mux: http.NewServeMux(), log: opts.Logger}
+	if opts.MaxWait <= 0 {
+		opts.MaxWait = DefaultMaxWait
+	}
+	if opts.MaxLongPolls <= 0 {
+		opts.MaxLongPolls = 64
+	}
+	s := &Server{opts: opts, mux: http.NewServeMux(), log: opts.Logger, polls: make(chan struct{}, opts.MaxLongPolls)}
 	m := s.mux
 	m.HandleFunc("GET /v1/messages/{id}", s.getMessage)
 	m.HandleFunc("GET /v1/messages", s.findMessages)
@@ -78,6 +93,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 	if !ok || s.opts.Token == "" || subtle.ConstantTimeCompare([]byte(tok), []byte(s.opts.Token)) != 1 {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="hermod"`)
+		// A client without the token gets no keep-alive connection to hold.
+		w.Header().Set("Connection", "close")
 		writeError(w, http.StatusUnauthorized, "unauthorized", "missing or wrong bearer token (see api.token_file)")
 		return
 	}
@@ -274,8 +291,9 @@ func (s *Server) listQueue(w http.ResponseWriter, r *http.Request) {
 }
 
 // events answers the ordered stream of status changes after a sequence
-// number. With wait=DURATION (at most 60s) it long-polls: it answers as soon
-// as there is at least one event, or empty when the wait is over.
+// number. With wait=DURATION (at most Options.MaxWait) it long-polls: it
+// answers as soon as there is at least one event, or empty when the wait is
+// over. At most Options.MaxLongPolls wait at once; another gets 429.
 func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	var after uint64
@@ -302,8 +320,18 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 	var wait time.Duration
 	if v := q.Get("wait"); v != "" {
 		wait, err = time.ParseDuration(v)
-		if err != nil || wait < 0 || wait > time.Minute {
-			writeError(w, http.StatusBadRequest, "bad_query", "wait must be a duration up to 60s, e.g. 30s")
+		if err != nil || wait < 0 || wait > s.opts.MaxWait {
+			writeError(w, http.StatusBadRequest, "bad_query", fmt.Sprintf("wait must be a duration up to %s, e.g. 30s", s.opts.MaxWait))
+			return
+		}
+	}
+	if wait > 0 {
+		select {
+		case s.polls <- struct{}{}:
+			defer func() { <-s.polls }()
+		default:
+			w.Header().Set("Retry-After", "1")
+			writeError(w, http.StatusTooManyRequests, "too_many_waits", fmt.Sprintf("%d long-polls are open already; try again later or poll without wait", s.opts.MaxLongPolls))
 			return
 		}
 	}

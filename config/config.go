@@ -45,9 +45,23 @@ type Submission struct {
 	// IdleTimeout closes a session that sends nothing for this long.
 	IdleTimeout time.Duration `toml:"idle_timeout"`
 	// MaxConnections caps concurrent sessions in total; MaxConnectionsPerIP per client address.
-	MaxConnections      int    `toml:"max_connections"`
-	MaxConnectionsPerIP int    `toml:"max_connections_per_ip"`
-	Users               []User `toml:"users"`
+	MaxConnections      int `toml:"max_connections"`
+	MaxConnectionsPerIP int `toml:"max_connections_per_ip"`
+	// AuthTimeout ends a session still unauthenticated this long after it
+	// connected; MaxCommandsBeforeAuth ends one that sent this many lines
+	// without authenticating.
+	AuthTimeout           time.Duration `toml:"auth_timeout"`
+	MaxCommandsBeforeAuth int           `toml:"max_commands_before_auth"`
+	// MaxUnauthenticated caps the not-yet-authenticated sessions from
+	// addresses that have not logged in within a day (default half of
+	// MaxConnections).
+	MaxUnauthenticated int `toml:"max_unauthenticated"`
+	// DataTimeout bounds one whole DATA (IdleTimeout applies between bytes).
+	DataTimeout time.Duration `toml:"data_timeout"`
+	// MaxHeaderBytes and MaxHeaderFields cap a message's header section.
+	MaxHeaderBytes  int    `toml:"max_header_bytes"`
+	MaxHeaderFields int    `toml:"max_header_fields"`
+	Users           []User `toml:"users"`
 }
 
 // User is one submission account: a SASL name, a bcrypt hash, and the company
@@ -67,6 +81,25 @@ type Bounce struct {
 	VERPSecretFile      string `toml:"verp_secret_file"`
 	MaxMessageBytes     int64  `toml:"max_message_bytes"`
 	MaxConnectionsPerIP int    `toml:"max_connections_per_ip"`
+	// MaxConcurrentData bounds the DATA phases received at once.
+	MaxConcurrentData int `toml:"max_concurrent_data"`
+	// MaxRcptFailures refused RCPTs end a session (421);
+	// MaxRcptFailuresPerIP within an hour block the client address.
+	MaxRcptFailures      int `toml:"max_rcpt_failures"`
+	MaxRcptFailuresPerIP int `toml:"max_rcpt_failures_per_ip"`
+	// Mailbox limits what postmaster@ and abuse@ mail may store.
+	Mailbox Mailbox `toml:"mailbox"`
+}
+
+// Mailbox limits the files kept for postmaster@ and abuse@ of the bounce
+// domain (data_dir/mailbox); each message is stored once, up to
+// bounce.max_message_bytes.
+type Mailbox struct {
+	// MaxBytes and MaxFiles cap what is stored in all.
+	MaxBytes int64 `toml:"max_bytes"`
+	MaxFiles int   `toml:"max_files"`
+	// RateBytes is what one client address (IPv6: /64) may store per hour.
+	RateBytes int64 `toml:"rate_bytes"`
 }
 
 // Sender configures the sender rule and DKIM.
@@ -135,6 +168,19 @@ type API struct {
 	TokenFile string `toml:"token_file"`
 	// Pprof mounts /debug/pprof on the API listener (behind the token).
 	Pprof bool `toml:"pprof"`
+	// ReadTimeout bounds reading a request, WriteTimeout writing its answer
+	// (it must exceed MaxWait), IdleTimeout a keep-alive connection's wait
+	// for the next request.
+	ReadTimeout  time.Duration `toml:"read_timeout"`
+	WriteTimeout time.Duration `toml:"write_timeout"`
+	IdleTimeout  time.Duration `toml:"idle_timeout"`
+	// MaxConnections and MaxConnectionsPerIP cap open API connections.
+	MaxConnections      int `toml:"max_connections"`
+	MaxConnectionsPerIP int `toml:"max_connections_per_ip"`
+	// MaxWait is the longest /v1/events?wait=; MaxLongPolls how many may
+	// wait at once.
+	MaxWait      time.Duration `toml:"max_wait"`
+	MaxLongPolls int           `toml:"max_long_polls"`
 }
 
 // Log configures structured logging.

@@ -282,9 +282,19 @@ func TestDefaults(t *testing.T) {
 	want.Submission.IdleTimeout = 5 * time.Minute
 	want.Submission.MaxConnections = 1000
 	want.Submission.MaxConnectionsPerIP = 50
+	want.Submission.AuthTimeout = 30 * time.Second
+	want.Submission.MaxCommandsBeforeAuth = 10
+	want.Submission.MaxUnauthenticated = 500
+	want.Submission.DataTimeout = 30 * time.Minute
+	want.Submission.MaxHeaderBytes = 1 << 20
+	want.Submission.MaxHeaderFields = 1000
 	want.Bounce.VERPSecretFile = "verp.key"
 	want.Bounce.MaxMessageBytes = 10 << 20
 	want.Bounce.MaxConnectionsPerIP = 10
+	want.Bounce.MaxConcurrentData = 8
+	want.Bounce.MaxRcptFailures = 10
+	want.Bounce.MaxRcptFailuresPerIP = 30
+	want.Bounce.Mailbox = Mailbox{MaxBytes: 100 << 20, MaxFiles: 1000, RateBytes: 20 << 20}
 	want.Sender.DisplayName = "{name} (via MakeLeaps)"
 	want.Sender.DKIMSelector = "hermod"
 	want.Sender.DKIMKeyFile = "dkim-platform.key"
@@ -300,6 +310,9 @@ func TestDefaults(t *testing.T) {
 	want.Queue = Queue{Retention: 720 * time.Hour, PurgeInterval: time.Hour, Reserve: 32 << 20}
 	want.Suppress = Suppress{Scope: "global", SoftBounceLimit: 5}
 	want.API.TokenFile = "api.token"
+	want.API.ReadTimeout, want.API.WriteTimeout, want.API.IdleTimeout = 30*time.Second, 90*time.Second, time.Minute
+	want.API.MaxConnections, want.API.MaxConnectionsPerIP = 256, 64
+	want.API.MaxWait, want.API.MaxLongPolls = time.Minute, 64
 	want.Log = Log{Format: "text", Level: "info"}
 	want.Webhooks = []Webhook{{URL: "https://h.example.test/", SecretFile: "wh.key", Events: []string{"*"}}}
 	if !reflect.DeepEqual(*c, want) {
@@ -414,6 +427,15 @@ func TestValidate(t *testing.T) {
 		{"empty account", func(c *Config) { c.Submission.Users[0].Accounts = []string{""} }, "submission.users[0].accounts", "not an account"},
 		{"limits", func(c *Config) { c.Submission.MaxRecipients = -1 }, "submission.max_recipients", "positive"},
 		{"negative idle", func(c *Config) { c.Submission.IdleTimeout = -time.Second }, "submission.idle_timeout", "positive"},
+		{"negative auth_timeout", func(c *Config) { c.Submission.AuthTimeout = -time.Second }, "submission.auth_timeout", "positive"},
+		{"command budget", func(c *Config) { c.Submission.MaxCommandsBeforeAuth = -1 }, "submission.max_commands_before_auth", "positive"},
+		{"strangers take every slot", func(c *Config) { c.Submission.MaxUnauthenticated = c.Submission.MaxConnections },
+			"submission.max_unauthenticated", "leaves no slot"},
+		{"header cap", func(c *Config) { c.Submission.MaxHeaderFields = -1 }, "submission.max_header_fields", "positive"},
+		{"bounce failure budget", func(c *Config) { c.Bounce.MaxRcptFailures = -1 }, "bounce.max_rcpt_failures", "positive"},
+		{"mailbox quota", func(c *Config) { c.Bounce.Mailbox.MaxBytes = -1 }, "bounce.mailbox.max_bytes", "positive"},
+		{"api write_timeout under max_wait", func(c *Config) { c.API.WriteTimeout = 30 * time.Second }, "api.write_timeout", "must exceed api.max_wait"},
+		{"api connection cap", func(c *Config) { c.API.MaxConnections = -1 }, "api.max_connections", "positive"},
 
 		// Bounce and sender.
 		{"bounce.domain required", func(c *Config) { c.Bounce.Domain = "" }, "bounce.domain", "required"},

@@ -76,11 +76,23 @@ func (c *Config) applyDefaults() {
 	setD(&s.IdleTimeout, 5*time.Minute)
 	setI(&s.MaxConnections, 1000)
 	setI(&s.MaxConnectionsPerIP, 50)
+	setD(&s.AuthTimeout, 30*time.Second)
+	setI(&s.MaxCommandsBeforeAuth, 10)
+	setI(&s.MaxUnauthenticated, max(s.MaxConnections/2, 1))
+	setD(&s.DataTimeout, 30*time.Minute)
+	setI(&s.MaxHeaderBytes, 1<<20)
+	setI(&s.MaxHeaderFields, 1000)
 
 	b := &c.Bounce
 	setS(&b.VERPSecretFile, "verp.key")
 	setI64(&b.MaxMessageBytes, 10<<20)
 	setI(&b.MaxConnectionsPerIP, 10)
+	setI(&b.MaxConcurrentData, 8)
+	setI(&b.MaxRcptFailures, 10)
+	setI(&b.MaxRcptFailuresPerIP, 30)
+	setI64(&b.Mailbox.MaxBytes, 100<<20)
+	setI(&b.Mailbox.MaxFiles, 1000)
+	setI64(&b.Mailbox.RateBytes, 20<<20)
 
 	sn := &c.Sender
 	setS(&sn.DisplayName, DefaultDisplayName)
@@ -117,7 +129,15 @@ func (c *Config) applyDefaults() {
 	setS(&c.Suppress.Scope, "global")
 	setI(&c.Suppress.SoftBounceLimit, 5)
 
-	setS(&c.API.TokenFile, "api.token")
+	a := &c.API
+	setS(&a.TokenFile, "api.token")
+	setD(&a.ReadTimeout, 30*time.Second)
+	setD(&a.MaxWait, time.Minute)
+	setD(&a.WriteTimeout, a.MaxWait+30*time.Second)
+	setD(&a.IdleTimeout, time.Minute)
+	setI(&a.MaxConnections, 256)
+	setI(&a.MaxConnectionsPerIP, 64)
+	setI(&a.MaxLongPolls, 64)
 
 	setS(&c.Log.Format, "text")
 	setS(&c.Log.Level, "info")
@@ -256,6 +276,15 @@ func (c *Config) validate(errs *errList) {
 	positiveD("submission.idle_timeout", s.IdleTimeout)
 	positive("submission.max_connections", int64(s.MaxConnections))
 	positive("submission.max_connections_per_ip", int64(s.MaxConnectionsPerIP))
+	positiveD("submission.auth_timeout", s.AuthTimeout)
+	positive("submission.max_commands_before_auth", int64(s.MaxCommandsBeforeAuth))
+	positive("submission.max_unauthenticated", int64(s.MaxUnauthenticated))
+	if s.MaxUnauthenticated >= s.MaxConnections && s.MaxConnections > 0 {
+		errs.add("submission.max_unauthenticated", "%d leaves no slot of max_connections = %d for authenticated sessions", s.MaxUnauthenticated, s.MaxConnections)
+	}
+	positiveD("submission.data_timeout", s.DataTimeout)
+	positive("submission.max_header_bytes", int64(s.MaxHeaderBytes))
+	positive("submission.max_header_fields", int64(s.MaxHeaderFields))
 	names := map[string]bool{}
 	for i, u := range s.Users {
 		k := fmt.Sprintf("submission.users[%d]", i)
@@ -287,6 +316,12 @@ func (c *Config) validate(errs *errList) {
 	fileName("bounce.verp_secret_file", b.VERPSecretFile)
 	positive("bounce.max_message_bytes", b.MaxMessageBytes)
 	positive("bounce.max_connections_per_ip", int64(b.MaxConnectionsPerIP))
+	positive("bounce.max_concurrent_data", int64(b.MaxConcurrentData))
+	positive("bounce.max_rcpt_failures", int64(b.MaxRcptFailures))
+	positive("bounce.max_rcpt_failures_per_ip", int64(b.MaxRcptFailuresPerIP))
+	positive("bounce.mailbox.max_bytes", b.Mailbox.MaxBytes)
+	positive("bounce.mailbox.max_files", int64(b.Mailbox.MaxFiles))
+	positive("bounce.mailbox.rate_bytes", b.Mailbox.RateBytes)
 
 	// Sender.
 	sn := c.Sender
@@ -394,6 +429,16 @@ func (c *Config) validate(errs *errList) {
 		}
 	}
 	fileName("api.token_file", c.API.TokenFile)
+	positiveD("api.read_timeout", c.API.ReadTimeout)
+	positiveD("api.write_timeout", c.API.WriteTimeout)
+	positiveD("api.idle_timeout", c.API.IdleTimeout)
+	positiveD("api.max_wait", c.API.MaxWait)
+	if c.API.WriteTimeout > 0 && c.API.WriteTimeout <= c.API.MaxWait {
+		errs.add("api.write_timeout", "%s must exceed api.max_wait = %s, or long-polls are cut off", c.API.WriteTimeout, c.API.MaxWait)
+	}
+	positive("api.max_connections", int64(c.API.MaxConnections))
+	positive("api.max_connections_per_ip", int64(c.API.MaxConnectionsPerIP))
+	positive("api.max_long_polls", int64(c.API.MaxLongPolls))
 	oneOf("log.format", c.Log.Format, "text", "json")
 	oneOf("log.level", c.Log.Level, "debug", "info", "warn", "error")
 

@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/hermod-mta/hermod/bounce"
@@ -17,16 +15,14 @@ import (
 )
 
 // bounceIntake applies what the bounce listener receives to the recipients
-// its VERP addresses name.
+// its VERP addresses name. Mail for postmaster@ and abuse@ is stored by the
+// listener itself (smtpd.BounceOptions.Mailbox, the mailbox package).
 type bounceIntake struct {
 	store *queue.Store
 	// applied is the suppression list's follower of the event log: a bounce
 	// is answered once its suppression has taken effect.
 	applied *queue.Follower
-	// mailboxDir keeps mail for postmaster@ and abuse@ as files for a person to read.
-	mailboxDir string
-	now        func() time.Time
-	log        *slog.Logger
+	log     *slog.Logger
 }
 
 func (b *bounceIntake) Known(id string, index int) bool {
@@ -41,12 +37,7 @@ func (b *bounceIntake) Receive(ctx context.Context, remote netip.Addr, mailFrom 
 	}
 	for _, rc := range rcpts {
 		if rc.Mailbox != "" {
-			path, err := b.keep(rc.Mailbox, data)
-			if err != nil {
-				return err
-			}
-			b.log.Warn("bounce: mail for "+rc.Mailbox+" kept", "file", path, "client", remote, "from", mailFrom, "subject", rep.Subject, "size", len(data))
-			continue
+			continue // stored by the listener's mailbox
 		}
 		if err := b.apply(ctx, remote, rc, rep); err != nil {
 			return err
@@ -125,31 +116,4 @@ func bounceEvent(d bounce.Decision, remote netip.Addr, subject string) (queue.Ev
 		}
 	}
 	return ev, true
-}
-
-// keep stores a message for a person as <mailboxDir>/<mailbox>/<time>-<n>.eml (0600).
-func (b *bounceIntake) keep(mailbox string, data []byte) (string, error) {
-	dir := filepath.Join(b.mailboxDir, mailbox)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return "", fmt.Errorf("keep %s mail: %w", mailbox, err)
-	}
-	for i := 0; ; i++ {
-		path := filepath.Join(dir, fmt.Sprintf("%s-%d.eml", b.now().UTC().Format("20060102T150405.000000000"), i))
-		f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-		if errors.Is(err, os.ErrExist) && i < 100 {
-			continue
-		}
-		if err != nil {
-			return "", fmt.Errorf("keep %s mail: %w", mailbox, err)
-		}
-		if _, err := f.Write(data); err != nil {
-			f.Close()
-			return "", fmt.Errorf("keep %s mail: %w", mailbox, err)
-		}
-		if err := f.Sync(); err != nil {
-			f.Close()
-			return "", err
-		}
-		return path, f.Close()
-	}
 }

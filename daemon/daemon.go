@@ -25,6 +25,7 @@ import (
 	"github.com/hermod-mta/hermod/config"
 	"github.com/hermod-mta/hermod/dkim"
 	"github.com/hermod-mta/hermod/domain"
+	"github.com/hermod-mta/hermod/mailbox"
 	"github.com/hermod-mta/hermod/metrics"
 	"github.com/hermod-mta/hermod/queue"
 	"github.com/hermod-mta/hermod/relay"
@@ -206,6 +207,9 @@ func New(cfg *config.Config, log *slog.Logger, o Options) (_ *Daemon, err error)
 		Hostname: cfg.Hostname, Users: users(cfg), MaxMessageBytes: cfg.Submission.MaxMessageBytes,
 		MaxRecipients: cfg.Submission.MaxRecipients, IdleTimeout: cfg.Submission.IdleTimeout,
 		MaxConnections: cfg.Submission.MaxConnections, MaxConnectionsPerIP: cfg.Submission.MaxConnectionsPerIP,
+		AuthTimeout: cfg.Submission.AuthTimeout, MaxCommandsBeforeAuth: cfg.Submission.MaxCommandsBeforeAuth,
+		MaxUnauthenticated: cfg.Submission.MaxUnauthenticated, DataTimeout: cfg.Submission.DataTimeout,
+		MaxHeaderBytes: cfg.Submission.MaxHeaderBytes, MaxHeaderFields: cfg.Submission.MaxHeaderFields,
 		TLSConfig: tlsConf, Submitter: d.Pipeline, Logger: log, Now: o.Now,
 		Observe: func(result string, took time.Duration) {
 			m.Submissions.WithLabelValues(result).Inc()
@@ -214,17 +218,29 @@ func New(cfg *config.Config, log *slog.Logger, o Options) (_ *Daemon, err error)
 			}
 		},
 	})
+	mb, err := mailbox.New(mailbox.Options{Dir: filepath.Join(cfg.DataDir, "mailbox"), MaxMessageBytes: cfg.Bounce.MaxMessageBytes,
+		MaxTotalBytes: cfg.Bounce.Mailbox.MaxBytes, MaxFiles: cfg.Bounce.Mailbox.MaxFiles, RateBytes: cfg.Bounce.Mailbox.RateBytes,
+		MinFree: mailboxMinFree(cfg), Now: o.Now, Logger: log})
+	if err != nil {
+		return nil, err
+	}
 	d.Bounces = smtpd.NewBounceServer(smtpd.BounceOptions{
 		Hostname: cfg.Hostname, BounceDomain: cfg.Bounce.Domain, ReturnPathLabel: cfg.Sender.ReturnPathLabel,
 		MaxMessageBytes: cfg.Bounce.MaxMessageBytes, MaxConnectionsPerIP: cfg.Bounce.MaxConnectionsPerIP,
-		IdleTimeout: cfg.Submission.IdleTimeout, VERP: d.VERP, Intake: &bounceIntake{store: d.Store, applied: d.suppressFollower, log: log,
-			mailboxDir: filepath.Join(cfg.DataDir, "mailbox"), now: o.Now},
+		MaxConcurrentData: cfg.Bounce.MaxConcurrentData, MaxRcptFailures: cfg.Bounce.MaxRcptFailures,
+		MaxRcptFailuresPerIP: cfg.Bounce.MaxRcptFailuresPerIP, Mailbox: mb,
+		IdleTimeout: cfg.Submission.IdleTimeout, VERP: d.VERP, Intake: &bounceIntake{store: d.Store, applied: d.suppressFollower, log: log},
 		Logger: log, Now: o.Now,
 	})
 	d.Store.ObserveBatches(func(n int) { m.CommitBatch.Observe(float64(n)) })
 	d.registerGauges()
 	return d, nil
 }
+
+// mailboxMinFree is the free space the postmaster@/abuse@ mailbox leaves on
+// the file system of data_dir: twice the spool's reserve, so that mail for a
+// person stops well before the spool has to refuse the application's mail.
+func mailboxMinFree(cfg *config.Config) uint64 { return 2 * uint64(cfg.Queue.Reserve) }
 
 // Start binds every listener (so that errors such as a port in use surface
 // here) and starts serving and the background loops.
@@ -247,8 +263,10 @@ func (d *Daemon) Start() error {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	d.cancel = cancel
-	d.apiSrv = &http.Server{Handler: api.New(api.Options{Token: d.token, Queue: d.Store, Domains: d.Domains,
-		Suppress: d.Suppress, Mount: d.extraHandlers(), Logger: d.log}), ReadHeaderTimeout: 10 * time.Second}
+	apiHTTP := api.HTTPOptions{ReadTimeout: cfg.API.ReadTimeout, WriteTimeout: cfg.API.WriteTimeout, IdleTimeout: cfg.API.IdleTimeout,
+		MaxWait: cfg.API.MaxWait, MaxConnections: cfg.API.MaxConnections, MaxConnectionsPerIP: cfg.API.MaxConnectionsPerIP}
+	d.apiSrv = api.NewHTTPServer(api.New(api.Options{Token: d.token, Queue: d.Store, Domains: d.Domains,
+		Suppress: d.Suppress, Mount: d.extraHandlers(), Logger: d.log, MaxWait: cfg.API.MaxWait, MaxLongPolls: cfg.API.MaxLongPolls}), apiHTTP)
 
 	d.goRun("runner", func() { d.Runner.Run(ctx) })
 	d.goRun("purge", func() { d.Store.RunPurge(ctx, cfg.Queue.Retention, cfg.Queue.PurgeInterval) })
@@ -267,7 +285,7 @@ func (d *Daemon) Start() error {
 	}
 	if l := d.listeners["api.listen"]; l != nil {
 		d.goRun("api", func() {
-			if err := d.apiSrv.Serve(l); !errors.Is(err, http.ErrServerClosed) {
+			if err := d.apiSrv.Serve(api.LimitListener(l, apiHTTP)); !errors.Is(err, http.ErrServerClosed) {
 				d.serveErr("api", err)
 			}
 		})

@@ -21,7 +21,7 @@ func TestAuthBruteForce(t *testing.T) {
 	var codes []string
 	var delays []string
 	wrong, locked, reconnects := 0, 0, 0
-	for i := range 12 {
+	for i := 0; i < 12; i++ {
 		if cl == nil {
 			var g string
 			var err error
@@ -34,6 +34,14 @@ func TestAuthBruteForce(t *testing.T) {
 		}
 		start := time.Now()
 		r := cl.cmd(authLine("app", fmt.Sprintf("guess-%d", i)))
+		if strings.HasPrefix(r, "421 4.7.0") && reconnects < 5 {
+			// The command budget before AUTH (10 lines) is spent: a
+			// guesser must reconnect, which is what it gets here.
+			cl.close()
+			cl = nil
+			i--
+			continue
+		}
 		delays = append(delays, time.Since(start).Round(10*time.Millisecond).String())
 		codes = append(codes, strings.SplitN(r, " ", 3)[0]+" "+strings.SplitN(r+"  ", " ", 3)[1])
 		switch {

@@ -23,6 +23,7 @@ HERMOD_DEPS=(
 	"postfix|postfix|test -x /usr/sbin/postfix -a -x /usr/lib/postfix/sbin/master|/usr/sbin/postconf -d mail_version 2>/dev/null"
 	"exim|fn:install_exim|/opt/hermod/exim4/usr/sbin/exim4 -C /dev/stdin -bV <<< 'spool_directory = /tmp'|/opt/hermod/exim4/usr/sbin/exim4 -C /dev/stdin -bV <<< 'spool_directory = /tmp'"
 	"opensmtpd|fn:install_opensmtpd|/opt/hermod/opensmtpd/usr/sbin/smtpd -n -f /dev/stdin <<< 'match for any reject' && getent passwd opensmtpd opensmtpq && command -v unshare nsenter|/opt/hermod/opensmtpd/usr/sbin/smtpd -h 2>&1; true"
+	"sasl-plain|libsasl2-modules|compgen -G '/usr/lib/*/sasl2/libplain.so*'|dpkg-query -W -f='libsasl2-modules \${Version}\\n' libsasl2-modules"
 	"staticcheck|fn:install_staticcheck|test -x \"\$(go env GOPATH)/bin/staticcheck\"|\"\$(go env GOPATH)/bin/staticcheck\" -version"
 )
 

@@ -2,6 +2,7 @@ package smtpd
 
 import (
 	"bytes"
+	"fmt"
 	"io"
 )
 
@@ -19,23 +20,40 @@ type Body struct {
 // NewBody returns a body holding b (not copied).
 func NewBody(b []byte) *Body { return &Body{chunks: [][]byte{b}, n: len(b)} }
 
-// ReadBody reads r to the end into a Body.
+// ReadBody reads r to its end (io.EOF) into a Body. Any other error is
+// returned as is — io.ErrUnexpectedEOF too, which the DATA reader returns
+// when the connection ends before the terminating dot: a cut-off message is
+// not a message.
 func ReadBody(r io.Reader) (*Body, error) {
 	b := &Body{}
 	for {
 		chunk := make([]byte, chunkSize)
-		n, err := io.ReadFull(r, chunk)
+		n, err := fill(r, chunk)
 		if n > 0 {
 			b.chunks = append(b.chunks, chunk[:n:n])
 			b.n += n
 		}
-		if err == io.EOF || err == io.ErrUnexpectedEOF {
+		if err == io.EOF {
 			return b, nil
 		}
 		if err != nil {
-			return b, err
+			return b, fmt.Errorf("read message body: %w", err)
 		}
 	}
+}
+
+// fill reads into p until it is full or r fails; unlike io.ReadFull it
+// returns r's error unchanged (a clean io.EOF stays io.EOF).
+func fill(r io.Reader, p []byte) (int, error) {
+	n := 0
+	for n < len(p) {
+		m, err := r.Read(p[n:])
+		n += m
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
 }
 
 // Len is the size of the body in bytes.

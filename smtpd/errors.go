@@ -21,4 +21,8 @@ var (
 	errTooBig       = reply(552, smtp.EnhancedCode{5, 3, 4}, "Message size exceeds the fixed maximum message size")
 	errLineTooLong  = reply(550, smtp.EnhancedCode{5, 5, 2}, "Message has a line longer than 998 characters (RFC 5322 2.1.1); fold headers or encode the body")
 	errShutdown     = reply(421, smtp.EnhancedCode{4, 3, 2}, "Service shutting down; try again later")
+	errAuthBusy     = reply(454, smtp.EnhancedCode{4, 7, 0}, "Authentication temporarily unavailable; try again later")
+	errDataTimeout  = reply(451, smtp.EnhancedCode{4, 4, 2}, "Timeout while receiving the message; nothing was queued")
+	errDataLost     = reply(451, smtp.EnhancedCode{4, 4, 2}, "Message data incomplete (connection lost before the final dot); nothing was queued")
+	errHeaderTooBig = reply(552, smtp.EnhancedCode{5, 3, 4}, "Message header section too large (size or number of fields)")
 )

@@ -7,12 +7,17 @@ package smtpd
 
 import (
 	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
+	"runtime"
 	"sync"
 	"time"
 
@@ -26,8 +31,14 @@ type Submission struct {
 	RemoteAddr netip.Addr
 	HELO       string
 	TLS        bool
-	MailFrom   string
-	Rcpts      []string
+	// MailFrom and Rcpts are normalised (vocab.ParseAddress): domains in
+	// lower-case A-label form, local parts as given.
+	MailFrom string
+	Rcpts    []string
+	// SMTPUTF8 is set when MAIL FROM carried SMTPUTF8 (RFC 6531): the
+	// envelope or header may hold UTF-8, and a next hop that does not offer
+	// SMTPUTF8 must not get the message as is.
+	SMTPUTF8 bool
 	// Header is the parsed header block; Body the bytes after it, verbatim.
 	Header textproto.Header
 	Body   *Body
@@ -53,6 +64,27 @@ type Options struct {
 	IdleTimeout         time.Duration
 	MaxConnections      int
 	MaxConnectionsPerIP int
+	// AuthTimeout is how long a session may stay unauthenticated, counted
+	// from the connection (default 30s); MaxCommandsBeforeAuth how many
+	// command lines it may send before AUTH succeeds (default 10). Either
+	// ends the session with 421.
+	AuthTimeout           time.Duration
+	MaxCommandsBeforeAuth int
+	// MaxUnauthenticated caps the sessions not yet authenticated from
+	// addresses that have not logged in within the last 24 hours (default
+	// half of MaxConnections), so that the rest of the slots stay free for
+	// the application.
+	MaxUnauthenticated int
+	// DataTimeout bounds one whole DATA (default 30m); IdleTimeout applies
+	// between any two bytes.
+	DataTimeout time.Duration
+	// MaxHeaderBytes and MaxHeaderFields cap the header section of a message
+	// (defaults 1 MiB and 1000 fields); beyond them the message gets 552 5.3.4.
+	MaxHeaderBytes  int
+	MaxHeaderFields int
+	// HashConcurrency bounds concurrent bcrypt comparisons (default: the
+	// number of CPUs).
+	HashConcurrency int
 	// TLSConfig enables STARTTLS on plain listeners and is required for implicit TLS.
 	TLSConfig *tls.Config
 	Submitter Submitter
@@ -69,8 +101,12 @@ type Server struct {
 	log     *slog.Logger
 	limiter *authLimiter
 
+	hasher *hasher
+	logKey []byte
+
 	mu      sync.RWMutex
 	users   map[string]*User
+	dummy   []byte
 	tlsConf *tls.Config
 	srvs    servers
 }
@@ -92,9 +128,42 @@ func New(opts Options) *Server {
 	if opts.IdleTimeout <= 0 {
 		opts.IdleTimeout = 5 * time.Minute
 	}
-	s := &Server{opts: opts, log: opts.Logger, limiter: newAuthLimiter(opts.Now), tlsConf: opts.TLSConfig}
+	if opts.AuthTimeout <= 0 {
+		opts.AuthTimeout = 30 * time.Second
+	}
+	if opts.MaxCommandsBeforeAuth <= 0 {
+		opts.MaxCommandsBeforeAuth = 10
+	}
+	if opts.MaxUnauthenticated <= 0 && opts.MaxConnections > 0 {
+		opts.MaxUnauthenticated = max(opts.MaxConnections/2, 1)
+	}
+	if opts.DataTimeout <= 0 {
+		opts.DataTimeout = 30 * time.Minute
+	}
+	if opts.MaxHeaderBytes <= 0 {
+		opts.MaxHeaderBytes = 1 << 20
+	}
+	if opts.MaxHeaderFields <= 0 {
+		opts.MaxHeaderFields = 1000
+	}
+	if opts.HashConcurrency <= 0 {
+		opts.HashConcurrency = runtime.NumCPU()
+	}
+	s := &Server{opts: opts, log: opts.Logger, limiter: newAuthLimiter(opts.Now), tlsConf: opts.TLSConfig,
+		hasher: newHasher(opts.HashConcurrency), logKey: make([]byte, 32)}
+	rand.Read(s.logKey)
 	s.SetUsers(opts.Users)
 	return s
+}
+
+// userTag is what the log shows for a user name that is not a configured
+// user: it may be a password typed into the wrong field, so only a keyed
+// hash (random key per process) goes to the log, enough to tell repeated
+// attempts with the same name apart.
+func (s *Server) userTag(name string) string {
+	m := hmac.New(sha256.New, s.logKey)
+	m.Write([]byte(name))
+	return "unknown user #" + hex.EncodeToString(m.Sum(nil)[:6])
 }
 
 // SetUsers replaces the submission users (configuration reload); open
@@ -105,8 +174,9 @@ func (s *Server) SetUsers(users []User) {
 		u := users[i]
 		m[u.Name] = &u
 	}
+	dummy := dummyHashFor(users)
 	s.mu.Lock()
-	s.users = m
+	s.users, s.dummy = m, dummy
 	s.mu.Unlock()
 }
 
@@ -144,20 +214,27 @@ func (s *Server) Serve(l net.Listener, implicitTLS bool) error {
 	}
 	srv := smtp.NewServer(smtp.BackendFunc(s.newSession))
 	srv.Domain = s.opts.Hostname
-	srv.MaxMessageBytes = s.opts.MaxMessageBytes
+	// go-smtp refuses the read after MaxMessageBytes bytes even when it
+	// would only be the terminating dot: one more byte lets a message of
+	// exactly MaxMessageBytes through; strictReader enforces the real limit.
+	srv.MaxMessageBytes = s.opts.MaxMessageBytes + 1
 	srv.MaxRecipients = s.opts.MaxRecipients
-	srv.MaxLineLength = 2000 // commands; DATA lines are checked by strictReader
-	srv.ReadTimeout = s.opts.IdleTimeout
+	srv.MaxLineLength = 2000             // commands; DATA lines are checked by strictReader
+	srv.ReadTimeout = s.opts.IdleTimeout // the guardConn applies it per read
+	srv.EnableSMTPUTF8 = true
 	srv.WriteTimeout = time.Minute
 	srv.AllowInsecureAuth = isLoopbackListener(l)
 	srv.ErrorLog = slogLogger{s.log}
 	if !implicitTLS {
 		srv.TLSConfig = tc
 	}
-	lim, err := s.srvs.register(srv, l, s.opts.MaxConnections, s.opts.MaxConnectionsPerIP, s.opts.Hostname)
+	pol := connPolicy{idle: s.opts.IdleTimeout, authTimeout: s.opts.AuthTimeout,
+		authBudget: s.opts.MaxCommandsBeforeAuth, maxStrangers: s.opts.MaxUnauthenticated}
+	lim, err := s.srvs.register(srv, l, s.opts.MaxConnections, s.opts.MaxConnectionsPerIP, s.opts.Hostname, pol, s.opts.Now)
 	if err != nil {
 		return nil // stopping already
 	}
+	lim.startTLS, lim.implicitTLS = !implicitTLS && tc != nil, implicitTLS
 	ll := net.Listener(lim)
 	if implicitTLS {
 		ll = tls.NewListener(ll, tc)
@@ -179,10 +256,10 @@ func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
 	return &session{srv: s, conn: c, addr: remoteAddr(c.Conn()), helo: c.Hostname()}, nil
 }
 
-func (s *Server) currentUsers() map[string]*User {
+func (s *Server) currentUsers() (map[string]*User, []byte) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	return s.users
+	return s.users, s.dummy
 }
 
 // slogLogger adapts slog to go-smtp's ErrorLog.

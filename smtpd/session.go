@@ -5,13 +5,16 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
 	"net/netip"
 	"strings"
 	"time"
+	"unicode/utf8"
 
-	"github.com/emersion/go-message/textproto"
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
+
+	"github.com/hermod-mta/hermod/vocab"
 )
 
 // session is one submission connection.
@@ -24,6 +27,7 @@ type session struct {
 	user     *User
 	mailFrom string
 	hasFrom  bool
+	utf8     bool // MAIL FROM carried SMTPUTF8
 	rcpts    []string
 }
 
@@ -36,18 +40,36 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 		return nil, errAuthLocked
 	}
 	check := func(username, password string) error {
-		if s.srv.limiter.locked(s.addr) {
+		// The attempt is counted before the password is hashed, so that
+		// parallel guesses from one address stop at the lockout.
+		if !s.srv.limiter.reserve(s.addr) {
 			return errAuthLocked
 		}
-		u, ok := authenticate(s.srv.currentUsers(), username, password)
+		users, dummy := s.srv.currentUsers()
+		g := guardOf(s.conn.Conn())
+		trusted := g != nil && g.l.trustedAddr(s.addr)
+		u, ok, err := s.srv.hasher.authenticate(users, dummy, username, password, trusted)
+		if err != nil {
+			s.srv.limiter.release(s.addr)
+			s.srv.log.Warn("auth: no hashing slot free", "client", s.addr, "err", err)
+			return errAuthBusy
+		}
+		delay := s.srv.limiter.end(s.addr, ok)
 		if !ok {
-			delay := s.srv.limiter.fail(s.addr)
-			s.srv.log.Warn("auth failed", "user", username, "client", s.addr, "delay", delay)
-			time.Sleep(delay)
+			// A name that is not a user may be a password typed into the
+			// wrong field: the log gets a tag, never the text.
+			name := username
+			if _, known := users[username]; !known {
+				name = s.srv.userTag(username)
+			}
+			s.srv.log.Warn("auth failed", "user", name, "client", s.addr, "delay", delay)
+			time.Sleep(delay) // deliberate: slows down guessing
 			return errAuthFailed
 		}
-		s.srv.limiter.succeed(s.addr)
 		s.user = u
+		if g != nil {
+			g.authenticate()
+		}
 		s.srv.log.Debug("auth ok", "user", username, "client", s.addr)
 		return nil
 	}
@@ -72,12 +94,19 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	if s.user == nil {
 		return errAuthRequired
 	}
+	if opts != nil && opts.Size > s.srv.opts.MaxMessageBytes {
+		return errTooBig
+	}
+	utf8Mail := opts != nil && opts.UTF8
+	var norm vocab.Address
 	if from != "" {
-		if err := checkAddress(from, "sender"); err != nil {
+		a, err := envelopeAddress(from, "sender", utf8Mail)
+		if err != nil {
 			return err
 		}
+		norm = a
 	}
-	s.mailFrom, s.hasFrom = from, true
+	s.mailFrom, s.hasFrom, s.utf8 = string(norm), true, utf8Mail
 	return nil
 }
 
@@ -85,30 +114,36 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	if s.user == nil {
 		return errAuthRequired
 	}
-	if err := checkAddress(to, "recipient"); err != nil {
+	a, err := envelopeAddress(to, "recipient", s.utf8)
+	if err != nil {
 		return err
 	}
 	for _, r := range s.rcpts {
-		if strings.EqualFold(r, to) {
+		if r == string(a) {
 			return nil // duplicate: one delivery is enough
 		}
 	}
-	s.rcpts = append(s.rcpts, to)
+	s.rcpts = append(s.rcpts, string(a))
 	return nil
 }
 
 func (s *session) Data(r io.Reader) error {
-	sr := &strictReader{r: r}
+	g := guardOf(s.conn.Conn())
+	if g != nil {
+		g.setDataDeadline(s.srv.opts.Now().Add(s.srv.opts.DataTimeout))
+		defer g.setDataDeadline(time.Time{})
+	}
+	sr := &strictReader{r: r, max: s.srv.opts.MaxMessageBytes}
 	br := bufio.NewReaderSize(sr, 32<<10)
-	h, err := textproto.ReadHeader(br)
+	h, err := readHeader(br, s.srv.opts.MaxHeaderBytes, s.srv.opts.MaxHeaderFields)
 	if err != nil {
 		s.observe("rejected", time.Time{})
-		return s.readFailure(sr, err, "header")
+		return s.readFailure(sr, g, err, "header")
 	}
 	body, err := ReadBody(br)
 	if err != nil {
 		s.observe("rejected", time.Time{})
-		return s.readFailure(sr, err, "body")
+		return s.readFailure(sr, g, err, "body")
 	}
 	if sr.fault != nil {
 		s.srv.log.Info("rejected", "user", s.user.Name, "client", s.addr, "reason", sr.fault.Message)
@@ -118,7 +153,7 @@ func (s *session) Data(r io.Reader) error {
 	start := time.Now()
 	_, isTLS := s.conn.TLSConnectionState()
 	sub := &Submission{User: s.user, RemoteAddr: s.addr, HELO: s.helo, TLS: isTLS,
-		MailFrom: s.mailFrom, Rcpts: s.rcpts, Header: h, Body: body}
+		MailFrom: s.mailFrom, Rcpts: s.rcpts, SMTPUTF8: s.utf8, Header: h, Body: body}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	id, err := s.srv.opts.Submitter.Submit(ctx, sub)
@@ -150,9 +185,10 @@ func (s *session) observe(result string, start time.Time) {
 }
 
 // readFailure turns an error while reading DATA into the reply: a
-// protocol fault found by strictReader wins, then the size limit; a client
-// that went away gets nothing queued.
-func (s *session) readFailure(sr *strictReader, err error, part string) error {
+// protocol fault found by strictReader wins, then the size and header
+// limits; a timeout or a client that went away gets 451 4.4.2 and nothing
+// queued. Go error text never reaches the client.
+func (s *session) readFailure(sr *strictReader, g *guardConn, err error, part string) error {
 	if sr.fault != nil {
 		return sr.fault
 	}
@@ -166,18 +202,81 @@ func (s *session) readFailure(sr *strictReader, err error, part string) error {
 	if errors.Is(err, smtp.ErrTooLongLine) {
 		return errLineTooLong
 	}
-	if errors.Is(err, io.ErrUnexpectedEOF) {
-		s.srv.log.Info("client vanished during DATA; nothing queued", "client", s.addr)
-		return reply(451, smtp.EnhancedCode{4, 4, 2}, "Connection lost during DATA; nothing was queued")
+	var ne net.Error
+	if g != nil && g.timedOut() || errors.As(err, &ne) && ne.Timeout() {
+		s.srv.log.Info("timeout during DATA; nothing queued", "client", s.addr)
+		return errDataTimeout
 	}
-	return reply(550, smtp.EnhancedCode{5, 6, 0}, "Malformed message %s: %v", part, err)
+	if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
+		s.srv.log.Info("client vanished during DATA; nothing queued", "client", s.addr)
+		return errDataLost
+	}
+	if errors.Is(err, errMalformedHeader) {
+		return reply(550, smtp.EnhancedCode{5, 6, 0}, "Malformed message header: each header line must be a field name, a colon and a value, or a continuation")
+	}
+	s.srv.log.Warn("DATA read failed; nothing queued", "client", s.addr, "part", part, "err", err)
+	return errDataLost
 }
 
 func (s *session) Reset() {
-	s.mailFrom, s.hasFrom, s.rcpts = "", false, nil
+	s.mailFrom, s.hasFrom, s.rcpts, s.utf8 = "", false, nil, false
 }
 
 func (s *session) Logout() error { return nil }
+
+// envelopeAddress checks an envelope address and returns its normalised
+// form (vocab.ParseAddress): invalid UTF-8 and control characters are 553
+// 5.1.3, non-ASCII without SMTPUTF8 on MAIL FROM is 553 5.6.7 (RFC 6531
+// 3.5), then the policy of checkAddress applies. go-smtp hands a quoted
+// local part over unquoted; it is quoted again here when it needs it.
+func envelopeAddress(addr, what string, smtputf8 bool) (vocab.Address, error) {
+	if !utf8.ValidString(addr) {
+		return "", reply(553, smtp.EnhancedCode{5, 1, 3}, "Bad %s address: not valid UTF-8", what)
+	}
+	for _, r := range addr {
+		if r < 0x20 || r == 0x7f || r >= 0x80 && r < 0xa0 {
+			return "", reply(553, smtp.EnhancedCode{5, 1, 3}, "Bad %s address: control characters are not allowed", what)
+		}
+	}
+	if !smtputf8 && !isASCII(addr) {
+		return "", reply(553, smtp.EnhancedCode{5, 6, 7}, "Non-ASCII %s address needs SMTPUTF8 (RFC 6531) on MAIL FROM", what)
+	}
+	if err := checkAddress(addr, what); err != nil {
+		return "", err
+	}
+	a, err := vocab.ParseAddress(addr)
+	if err != nil {
+		at := strings.LastIndexByte(addr, '@')
+		a, err = vocab.ParseAddress(quoteLocal(addr[:at]) + addr[at:])
+	}
+	if err != nil {
+		return "", reply(553, smtp.EnhancedCode{5, 1, 3}, "Bad %s address syntax %q", what, addr)
+	}
+	return a, nil
+}
+
+// quoteLocal returns local as an RFC 5321 quoted string.
+func quoteLocal(local string) string {
+	var b strings.Builder
+	b.WriteByte('"')
+	for _, r := range local {
+		if r == '"' || r == '\\' {
+			b.WriteByte('\\')
+		}
+		b.WriteRune(r)
+	}
+	b.WriteByte('"')
+	return b.String()
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= utf8.RuneSelf {
+			return false
+		}
+	}
+	return true
+}
 
 // checkAddress validates an envelope address: a local part and a domain name
 // (or IDN); address literals, source routes and the %/! relay hacks are

@@ -10,20 +10,29 @@
 // truncated HMAC so that a forged bounce cannot put an arbitrary address on the
 // suppression list.
 //
-// # Token format (version 1)
+// # Token format (version 2)
 //
-// The token is exactly TokenLen (27) characters of lower-case base32hex
+// The token is exactly TokenLen (35) characters of lower-case base32hex
 // (RFC 4648 section 7, alphabet "0123456789abcdefghijklmnopqrstuv", no padding):
 //
 //	offset  0..15  message id, verbatim (16 chars = 10 bytes)
 //	offset 16..18  recipient index, 3 base32hex digits, big-endian, zero-padded (0..9999)
-//	offset 19..26  MAC: the first 40 bits (5 bytes) of
-//	               HMAC-SHA256(secret, "hermod-verp-v1|" + msgID + "|" + decimal(rcpt)),
-//	               base32hex-encoded (8 chars)
+//	offset 19..34  MAC: the first 80 bits (10 bytes) of
+//	               HMAC-SHA256(secret, "hermod-verp-v2|" + msgID + "|" + decimal(rcpt)),
+//	               base32hex-encoded (16 chars)
 //
-// The local part Prefix+token is 37 octets, well under the 64 of RFC 5321
+// The local part Prefix+token is 45 octets, under the 64 of RFC 5321
 // 4.5.3.1.1. Only lower-case letters and digits are used because some MTAs fold
 // the case of local parts; Decode folds ASCII upper case before verifying.
+//
+// # Version 1 (still accepted)
+//
+// Version 1 tokens, which hermod issued before, are TokenLenV1 (27)
+// characters: the same id and index, then a MAC of 40 bits (8 chars) over
+// "hermod-verp-v1|" + msgID + "|" + decimal(rcpt). Decode still verifies
+// them, so bounces for messages queued before the change keep working.
+// 40 bits could be guessed online in days at line speed; 80 bits cannot,
+// and the bounce listener also limits refused recipients per client.
 package verp
 
 import (
@@ -50,17 +59,21 @@ const (
 	MsgIDLen = 16
 	// MaxRecipients bounds the recipient index: valid indices are 0..MaxRecipients-1.
 	MaxRecipients = 10000
-	rcptLen       = 3 // 32^3 = 32768 > MaxRecipients
-	macLen        = 8 // 40 bits
+	rcptLen       = 3  // 32^3 = 32768 > MaxRecipients
+	macLen        = 16 // 80 bits
+	macLenV1      = 8  // 40 bits
 	// TokenLen is the exact length of a token returned by Encode.
 	TokenLen = MsgIDLen + rcptLen + macLen
+	// TokenLenV1 is the length of a version 1 token, which Decode accepts.
+	TokenLenV1 = MsgIDLen + rcptLen + macLenV1
 	// MinSecretLen is the shortest secret New accepts.
 	MinSecretLen = 16
 	// secretLen is the size LoadOrCreateSecret generates.
 	secretLen = 32
 
-	alphabet   = "0123456789abcdefghijklmnopqrstuv"
-	macContext = "hermod-verp-v1|"
+	alphabet     = "0123456789abcdefghijklmnopqrstuv"
+	macContext   = "hermod-verp-v2|"
+	macContextV1 = "hermod-verp-v1|"
 )
 
 // ErrInvalid is wrapped by every error Decode and ParseAddress return.
@@ -112,7 +125,7 @@ func (c *Codec) Encode(msgID string, rcpt int) string {
 	var b [TokenLen]byte
 	copy(b[:], msgID)
 	putRcpt(b[MsgIDLen:MsgIDLen+rcptLen], rcpt)
-	c.putMAC(b[MsgIDLen+rcptLen:], msgID, rcpt)
+	c.putMAC(b[MsgIDLen+rcptLen:], macContext, msgID, rcpt)
 	return string(b[:])
 }
 
@@ -121,16 +134,21 @@ func (c *Codec) LocalPart(msgID string, rcpt int) string {
 	return Prefix + c.Encode(msgID, rcpt)
 }
 
-// Decode verifies token (without Prefix) and returns the message id and
-// recipient index it names. ASCII upper case is folded to lower case first.
-// Every error wraps ErrInvalid: wrong length, a character outside base32hex,
-// a recipient index out of range, or a MAC that does not match (compared in
-// constant time).
+// Decode verifies token (without Prefix), of version 2 or 1, and returns
+// the message id and recipient index it names. ASCII upper case is folded to
+// lower case first. Every error wraps ErrInvalid: wrong length, a character
+// outside base32hex, a recipient index out of range, or a MAC that does not
+// match (compared in constant time).
 func (c *Codec) Decode(token string) (msgID string, rcpt int, err error) {
-	if len(token) != TokenLen {
-		return "", 0, fmt.Errorf("%w: token length %d, want %d", ErrInvalid, len(token), TokenLen)
+	ctx := macContext
+	switch len(token) {
+	case TokenLen:
+	case TokenLenV1:
+		ctx = macContextV1
+	default:
+		return "", 0, fmt.Errorf("%w: token length %d, want %d (or %d)", ErrInvalid, len(token), TokenLen, TokenLenV1)
 	}
-	var b [TokenLen]byte
+	b := make([]byte, len(token))
 	for i := 0; i < len(token); i++ {
 		ch := token[i]
 		if 'A' <= ch && ch <= 'Z' {
@@ -149,9 +167,9 @@ func (c *Codec) Decode(token string) (msgID string, rcpt int, err error) {
 		return "", 0, fmt.Errorf("%w: recipient index %d out of range", ErrInvalid, rcpt)
 	}
 	msgID = string(b[:MsgIDLen])
-	var want [macLen]byte
-	c.putMAC(want[:], msgID, rcpt)
-	if subtle.ConstantTimeCompare(want[:], b[MsgIDLen+rcptLen:]) != 1 {
+	want := make([]byte, len(token)-MsgIDLen-rcptLen)
+	c.putMAC(want, ctx, msgID, rcpt)
+	if subtle.ConstantTimeCompare(want, b[MsgIDLen+rcptLen:]) != 1 {
 		return "", 0, fmt.Errorf("%w: bad MAC", ErrInvalid)
 	}
 	return msgID, rcpt, nil
@@ -180,21 +198,27 @@ func (c *Codec) ParseAddress(addr string) (msgID string, rcpt int, err error) {
 	return msgID, rcpt, nil
 }
 
-func (c *Codec) putMAC(dst []byte, msgID string, rcpt int) {
+// putMAC writes the MAC of (msgID, rcpt) under context ctx into dst:
+// len(dst) base32hex digits (8 for 40 bits, 16 for 80 bits), most
+// significant first.
+func (c *Codec) putMAC(dst []byte, ctx, msgID string, rcpt int) {
 	m := hmac.New(sha256.New, c.secret)
 	var in [len(macContext) + MsgIDLen + 1 + 4]byte
-	buf := append(in[:0], macContext...)
+	buf := append(in[:0], ctx...)
 	buf = append(buf, msgID...)
 	buf = append(buf, '|')
 	buf = strconv.AppendInt(buf, int64(rcpt), 10)
 	m.Write(buf)
 	var sum [sha256.Size]byte
 	s := m.Sum(sum[:0])
-	// 5 bytes = 40 bits = 8 base32 digits, most significant first.
-	v := uint64(s[0])<<32 | uint64(s[1])<<24 | uint64(s[2])<<16 | uint64(s[3])<<8 | uint64(s[4])
-	for i := macLen - 1; i >= 0; i-- {
-		dst[i] = alphabet[v&31]
-		v >>= 5
+	// Every 5 bytes (40 bits) are 8 base32 digits, most significant first.
+	for g := 0; g*8 < len(dst); g++ {
+		b := s[g*5 : g*5+5]
+		v := uint64(b[0])<<32 | uint64(b[1])<<24 | uint64(b[2])<<16 | uint64(b[3])<<8 | uint64(b[4])
+		for i := 7; i >= 0; i-- {
+			dst[g*8+i] = alphabet[v&31]
+			v >>= 5
+		}
 	}
 }
 

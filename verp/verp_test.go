@@ -66,8 +66,8 @@ func TestFormat(t *testing.T) {
 	for _, rcpt := range []int{0, 1, 31, 32, 1023, 1024, 9999} {
 		tok := c.Encode(msgID, rcpt)
 		m := hmac.New(sha256.New, []byte(secret))
-		m.Write([]byte("hermod-verp-v1|" + msgID + "|" + strconv.Itoa(rcpt)))
-		mac := strings.ToLower(lowerHex.EncodeToString(m.Sum(nil)[:5]))
+		m.Write([]byte("hermod-verp-v2|" + msgID + "|" + strconv.Itoa(rcpt)))
+		mac := strings.ToLower(lowerHex.EncodeToString(m.Sum(nil)[:10]))
 		r := strconv.FormatInt(int64(rcpt), 32)
 		r = strings.Repeat("0", 3-len(r)) + r
 		if want := msgID + r + mac; tok != want {
@@ -77,8 +77,39 @@ func TestFormat(t *testing.T) {
 			t.Errorf("len(%q) = %d, want %d", tok, len(tok), TokenLen)
 		}
 		lp := c.LocalPart(msgID, rcpt)
-		if lp != Prefix+tok || len(lp) > 40 {
+		if lp != Prefix+tok || len(lp) != 45 {
 			t.Errorf("LocalPart(%q, %d) = %q (%d octets)", msgID, rcpt, lp, len(lp))
+		}
+	}
+}
+
+// TestVersion1StillAccepted: tokens issued before the MAC was lengthened
+// (40-bit MAC, context v1), computed here independently, still decode; a v1
+// token with a v2 MAC prefix does not.
+func TestVersion1StillAccepted(t *testing.T) {
+	secret := "a secret of at least sixteen bytes"
+	c := testCodec(t, secret)
+	msgID := "0123456789abcdev"
+	for _, rcpt := range []int{0, 7, 9999} {
+		m := hmac.New(sha256.New, []byte(secret))
+		m.Write([]byte("hermod-verp-v1|" + msgID + "|" + strconv.Itoa(rcpt)))
+		r := strconv.FormatInt(int64(rcpt), 32)
+		old := msgID + strings.Repeat("0", 3-len(r)) + r + strings.ToLower(lowerHex.EncodeToString(m.Sum(nil)[:5]))
+		if len(old) != TokenLenV1 {
+			t.Fatalf("v1 token %q has %d chars", old, len(old))
+		}
+		id, got, err := c.Decode(old)
+		if err != nil || id != msgID || got != rcpt {
+			t.Errorf("Decode(v1 %q) = %q, %d, %v; want %q, %d", old, id, got, err, msgID, rcpt)
+		}
+		if _, _, err := c.ParseAddress(Prefix + strings.ToUpper(old) + "@m.example.com"); err != nil {
+			t.Errorf("ParseAddress(v1, upper case): %v", err)
+		}
+		v2 := c.Encode(msgID, rcpt)
+		if trunc := v2[:TokenLenV1]; trunc != old {
+			if _, _, err := c.Decode(trunc); !errors.Is(err, ErrInvalid) {
+				t.Errorf("v2 token cut to v1 length %q accepted", trunc)
+			}
 		}
 	}
 }
@@ -178,7 +209,7 @@ func TestRecipientOutOfRangeRejected(t *testing.T) {
 	c := testCodec(t, secret)
 	id := "0123456789abcdef"
 	var mac [macLen]byte
-	c.putMAC(mac[:], id, 10000)
+	c.putMAC(mac[:], macContext, id, 10000)
 	tok := id + strconv.FormatInt(10000, 32) + string(mac[:])
 	if _, _, err := c.Decode(tok); !errors.Is(err, ErrInvalid) {
 		t.Fatalf("Decode(%q) (rcpt 10000): err = %v, want ErrInvalid", tok, err)
