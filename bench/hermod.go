@@ -74,6 +74,7 @@ host = %q
 
 [api]
 listen = %q
+pprof = true
 
 [log]
 level = "warn"

@@ -105,7 +105,7 @@ func (s *Store) deleteMessage(tx *bolt.Tx, st *txState, m *msgRecord) error {
 	var keys [][]byte
 	err := forEachRcpt(tx, m.ID, func(idx int, r *rcptRecord) error {
 		if r.Status.Pending() && !r.NextAttempt.IsZero() {
-			if err := tx.Bucket(bucketDue).Delete(dueKey(r.NextAttempt, m.ID, idx)); err != nil {
+			if err := deleteDue(tx, r.NextAttempt, m.ID, idx, r.Address); err != nil {
 				return err
 			}
 		}

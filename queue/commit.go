@@ -36,6 +36,7 @@ type txState struct {
 	counts map[Status]int64
 	events []Event
 	due    bool
+	minDue time.Time // the earliest due time written
 	// removeFiles are body files to delete once the transaction commits.
 	removeFiles []string
 }
@@ -167,8 +168,9 @@ func (s *Store) commitBatch(batch []*commitReq) error {
 	var events []Event
 	var removeFiles []string
 	due := false
+	var minDue time.Time
 	err := s.db.Update(func(tx *bolt.Tx) error {
-		counts, events, removeFiles, due = nil, nil, nil, false
+		counts, events, removeFiles, due, minDue = nil, nil, nil, false, time.Time{}
 		for _, r := range batch {
 			r.st = &txState{}
 			if err := r.fn(tx, r.st); err != nil {
@@ -181,6 +183,9 @@ func (s *Store) commitBatch(batch []*commitReq) error {
 				counts[k] += v
 			}
 			events = append(events, r.st.events...)
+			if r.st.due && (!due || r.st.minDue.Before(minDue)) {
+				minDue = r.st.minDue
+			}
 			due = due || r.st.due
 			removeFiles = append(removeFiles, r.st.removeFiles...)
 		}
@@ -208,18 +213,37 @@ func (s *Store) commitBatch(batch []*commitReq) error {
 		close(s.eventsCh)
 		s.eventsCh = make(chan struct{})
 	}
+	if due && (s.dueHint.IsZero() || minDue.Before(s.dueHint)) {
+		s.dueHint = minDue
+	}
 	obs := s.batchObs
+	offers := s.offers
 	s.mu.Unlock()
 	if obs != nil {
 		obs(len(batch))
 	}
-	if s.opts.OnCommit != nil && len(events) > 0 {
-		s.opts.OnCommit(events)
+	if len(events) > 0 {
+		if s.opts.OnCommit != nil {
+			s.opts.OnCommit(events)
+		}
+		for _, offer := range offers {
+			offer(events)
+		}
 	}
 	if due {
 		s.wake()
 	}
 	return nil
+}
+
+// takeDueHint returns (and forgets) the earliest due time written since the
+// last call, zero if none: the scheduler reads the time index again from there.
+func (s *Store) takeDueHint() time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t := s.dueHint
+	s.dueHint = time.Time{}
+	return t
 }
 
 func persistCounts(tx *bolt.Tx, deltas, current map[Status]int64) error {
@@ -283,9 +307,8 @@ func (s *Store) setStatus(tx *bolt.Tx, st *txState, m *msgRecord, idx int, r *rc
 // moveStatus is setStatus; checkDone false leaves the finished index alone
 // (Enqueue, which writes the recipients one by one, decides it itself).
 func (s *Store) moveStatus(tx *bolt.Tx, st *txState, m *msgRecord, idx int, r *rcptRecord, status Status, next time.Time, checkDone bool) (msgChanged bool, err error) {
-	due := tx.Bucket(bucketDue)
 	if r.Status.Pending() && !r.NextAttempt.IsZero() {
-		if err := due.Delete(dueKey(r.NextAttempt, m.ID, idx)); err != nil {
+		if err := deleteDue(tx, r.NextAttempt, m.ID, idx, r.Address); err != nil {
 			return false, err
 		}
 	}
@@ -303,8 +326,11 @@ func (s *Store) moveStatus(tx *bolt.Tx, st *txState, m *msgRecord, idx int, r *r
 	r.NextAttempt = time.Time{}
 	if status.Pending() {
 		r.NextAttempt = next
-		if err := due.Put(dueKey(next, m.ID, idx), []byte(Destination(r.Address))); err != nil {
+		if err := putDue(tx, next, m.ID, idx, r.Address); err != nil {
 			return false, err
+		}
+		if !st.due || next.Before(st.minDue) {
+			st.minDue = next
 		}
 		st.due = true
 		if !m.Finished.IsZero() {

@@ -27,6 +27,10 @@ type Follower struct {
 	mu      sync.Mutex
 	applied uint64
 	changed chan struct{} // closed and replaced when applied grows
+
+	// offered carries committed batches straight from the committer, so
+	// that the log is read back only when the follower fell behind.
+	offered chan []Event
 }
 
 // NewFollower returns a follower of s for c; name labels its log lines. It
@@ -39,9 +43,21 @@ func NewFollower(s *Store, name string, c Consumer) (*Follower, error) {
 	if m := s.MigratedSeq(); cur < m {
 		cur = m // v0 applied these inside its own transactions
 	}
-	f := &Follower{store: s, name: name, c: c, applied: cur, changed: make(chan struct{})}
+	f := &Follower{store: s, name: name, c: c, applied: cur, changed: make(chan struct{}), offered: make(chan []Event, 64)}
 	s.KeepEventsAfter(f.Applied)
+	s.mu.Lock()
+	s.offers = append(s.offers, f.offer)
+	s.mu.Unlock()
 	return f, nil
+}
+
+// offer hands a committed batch to the follower without blocking the
+// committer; a batch that does not fit is read from the log later.
+func (f *Follower) offer(evs []Event) {
+	select {
+	case f.offered <- evs:
+	default:
+	}
 }
 
 // Applied returns the sequence number of the last event consumed.
@@ -72,23 +88,35 @@ func (f *Follower) WaitFor(ctx context.Context, seq uint64) error {
 // a growing delay; events are never skipped.
 func (f *Follower) Run(ctx context.Context) {
 	backoff := 50 * time.Millisecond
+	var pending []Event // an offered batch not yet consumed
 	for {
-		changed := f.store.EventsChanged()
-		evs, err := f.store.Events(f.Applied(), 500)
+		applied := f.Applied()
+		var evs []Event
+		var err error
+		switch {
+		case len(pending) > 0 && pending[0].Seq == applied+1:
+			evs = pending // exactly the next events: no need to read them back
+		case len(pending) > 0 && pending[len(pending)-1].Seq <= applied:
+			pending = nil
+			continue
+		default:
+			pending = nil
+			evs, err = f.store.Events(applied, 500)
+		}
 		if err == nil && len(evs) > 0 {
-			err = f.c.Consume(evs)
-			if err == nil {
+			if err = f.c.Consume(evs); err == nil {
 				f.mu.Lock()
 				f.applied = evs[len(evs)-1].Seq
 				close(f.changed)
 				f.changed = make(chan struct{})
 				f.mu.Unlock()
+				pending = nil
 				backoff = 50 * time.Millisecond
 				continue
 			}
 		}
 		if err != nil {
-			f.store.log.Error("queue: "+f.name+": cannot consume events yet", "after", f.Applied(), "err", err)
+			f.store.log.Error("queue: "+f.name+": cannot consume events yet", "after", applied, "err", err)
 			select {
 			case <-ctx.Done():
 				return
@@ -100,7 +128,7 @@ func (f *Follower) Run(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-changed:
+		case pending = <-f.offered:
 		case <-time.After(time.Second):
 		}
 	}

@@ -136,7 +136,7 @@ func (s *Store) migrateV0Message(tx *bolt.Tx, id, v []byte) error {
 		}
 		if rr.Status.Pending() && !rr.NextAttempt.IsZero() {
 			// v0's due entries had no value; the scheduler wants the destination.
-			if err := tx.Bucket(bucketDue).Put(dueKey(rr.NextAttempt, m.ID, i), []byte(Destination(rr.Address))); err != nil {
+			if err := putDue(tx, rr.NextAttempt, m.ID, i, rr.Address); err != nil {
 				return err
 			}
 		}

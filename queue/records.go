@@ -19,6 +19,7 @@ var (
 	bucketRcpts     = []byte("recipients") // id + index(2) → rcptRecord JSON
 	bucketBodies    = []byte("bodies")     // id → message bytes (bodies kept in the store; large ones are files)
 	bucketDue       = []byte("due")        // time(8) + id + index(2) → destination
+	bucketDueDest   = []byte("duedest")    // destination + 0 + time(8) + id + index(2) → nil
 	bucketFinished  = []byte("finished")   // time(8) + id → nil, for retention purge
 	bucketEvents    = []byte("events")     // seq(8) → Event JSON, append-only
 	bucketMsgEvents = []byte("msgevents")  // id + seq(8) → nil: the events of one message
@@ -29,7 +30,7 @@ var (
 )
 
 // spoolBuckets are created at open.
-var spoolBuckets = [][]byte{bucketMeta, bucketMsgs, bucketRcpts, bucketBodies, bucketDue, bucketFinished,
+var spoolBuckets = [][]byte{bucketMeta, bucketMsgs, bucketRcpts, bucketBodies, bucketDue, bucketDueDest, bucketFinished,
 	bucketEvents, bucketMsgEvents, bucketRefs, bucketAddrs, bucketByStatus, bucketCounts}
 
 // schemaVersion is the layout this code writes; v0 stores (one JSON blob per
@@ -92,6 +93,42 @@ func dueKey(t time.Time, id string, idx int) []byte {
 	copy(k[8:], id)
 	binary.BigEndian.PutUint16(k[8+len(id):], uint16(idx))
 	return k
+}
+
+// putDue and deleteDue keep the time index and the per-destination index
+// of due work in step.
+func putDue(tx *bolt.Tx, t time.Time, id string, idx int, address string) error {
+	dest := Destination(address)
+	k := dueKey(t, id, idx)
+	if err := tx.Bucket(bucketDue).Put(k, []byte(dest)); err != nil {
+		return err
+	}
+	return tx.Bucket(bucketDueDest).Put(destDueKey(dest, k), nil)
+}
+
+func deleteDue(tx *bolt.Tx, t time.Time, id string, idx int, address string) error {
+	k := dueKey(t, id, idx)
+	if err := tx.Bucket(bucketDue).Delete(k); err != nil {
+		return err
+	}
+	return tx.Bucket(bucketDueDest).Delete(destDueKey(Destination(address), k))
+}
+
+func destDueKey(dest string, due []byte) []byte {
+	k := make([]byte, 0, len(dest)+1+len(due))
+	k = append(k, dest...)
+	k = append(k, 0)
+	return append(k, due...)
+}
+
+// dueItemKey is the scheduler's map key of a time-index key (no allocation).
+func dueItemKey(k []byte) (itemKey, bool) {
+	var ik itemKey
+	if len(k) != 8+len(ik) {
+		return ik, false
+	}
+	copy(ik[:], k[8:])
+	return ik, true
 }
 
 func parseDueKey(k []byte) (t time.Time, id string, idx int, ok bool) {

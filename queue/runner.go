@@ -2,6 +2,7 @@ package queue
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -62,9 +63,14 @@ type RunnerOptions struct {
 	OnAttempt func(d Delivery, res Result, took time.Duration)
 }
 
-// maxSkipped bounds how many due entries of saturated destinations one
-// dispatch pass looks past before it waits for a delivery to finish.
-const maxSkipped = 10000
+// Scheduling bounds: how many due entries one dispatch pass reads from the
+// time index, how often a full rescan of it starts over, and how many
+// entries wait in memory (in all, and per destination) to be started.
+const (
+	scanBudget   = 4096
+	rescanEvery  = 5 * time.Second
+	minReadySize = 1000
+)
 
 // Runner schedules due deliveries from a Store.
 type Runner struct {
@@ -73,10 +79,25 @@ type Runner struct {
 	opts  RunnerOptions
 
 	mu       sync.Mutex
-	inflight map[string]struct{} // id + index
-	perDest  map[string]int      // deliveries in progress per destination
+	inflight map[itemKey]struct{} // deliveries in progress (or their results waiting for the store)
+	perDest  map[string]int       // deliveries in progress per destination
 	running  int
+	// unrecorded counts results the store refused and that wait to be
+	// written again: while there are any, no delivery starts.
+	unrecorded int
 	wg       sync.WaitGroup
+
+	// The scheduler's memory of the time index: due entries read but not
+	// started yet, in one FIFO per destination, served round robin, so that
+	// a destination at its cap is passed over without reading its entries
+	// again and again.
+	queued     map[itemKey]struct{}
+	ready      map[string][]dueItem
+	order      []string            // destinations with ready entries
+	rr         int                 // round-robin position in order
+	scanFrom   []byte              // the time index is read on from after this key (nil: from the start)
+	overflow   map[string]struct{} // destinations with more due entries than their list holds
+	lastRescan time.Time
 
 	// abortCtx is the context of deliveries: Abort cancels it, so that a
 	// stop can cut deliveries in progress short (they go back to due,
@@ -97,7 +118,8 @@ func NewRunner(s *Store, d Deliverer, opts RunnerOptions) *Runner {
 		opts.MaxAge = 5 * 24 * time.Hour
 	}
 	actx, abort := context.WithCancel(context.Background())
-	return &Runner{store: s, del: d, opts: opts, inflight: map[string]struct{}{}, perDest: map[string]int{},
+	return &Runner{store: s, del: d, opts: opts, inflight: map[itemKey]struct{}{}, perDest: map[string]int{},
+		queued: map[itemKey]struct{}{}, ready: map[string][]dueItem{}, overflow: map[string]struct{}{},
 		abortCtx: actx, abort: abort}
 }
 
@@ -168,86 +190,228 @@ func (r *Runner) Run(ctx context.Context) error {
 	}
 }
 
+// itemKey names a (message, recipient) in the scheduler's maps: the id and
+// index as they stand in a time-index key.
+type itemKey [16 + 2]byte
+
 type dueItem struct {
+	key  itemKey
 	id   string
 	idx  int
 	dest string
 }
 
-// dispatch starts every due delivery it has room for and returns when the
-// next not-yet-due entry falls due (zero: wait for a delivery to finish). It
-// reads the time index from its start, so its cost is the number of due
-// entries it looks at, not the queue size.
+func newDueItem(k []byte, dest string) (dueItem, bool) {
+	ik, ok := dueItemKey(k)
+	if !ok {
+		return dueItem{}, false
+	}
+	_, id, idx, _ := parseDueKey(k)
+	return dueItem{key: ik, id: id, idx: idx, dest: dest}, true
+}
+
+// readyLimits are how many entries wait in memory in all and per destination.
+func (r *Runner) readyLimits() (total, perDest int) {
+	total = max(4*r.opts.Concurrency, minReadySize)
+	perDest = total
+	if r.opts.PerDestination > 0 {
+		perDest = min(total, max(4*r.opts.PerDestination, 8))
+	}
+	return total, perDest
+}
+
+// dispatch reads newly due entries of the time index into the
+// per-destination lists and starts every delivery it has room for, round
+// robin over the destinations. It returns when to look again: the time of
+// the next not-yet-due entry, now if it stopped reading early, or zero (wait
+// for a delivery to finish or new work). Its cost is what it reads, never
+// the queue size: it reads the time index on from where it stopped (from
+// the start only every few seconds), and a destination with more due work
+// than its list holds is refilled from the per-destination index.
 func (r *Runner) dispatch() (time.Time, error) {
 	now := r.store.now()
-	var due []dueItem
 	var next time.Time
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	total, perDestReady := r.readyLimits()
+	if r.scanFrom != nil && now.Sub(r.lastRescan) >= rescanEvery {
+		r.scanFrom = nil // safety net: read everything once more
+	}
+	if hint := r.store.takeDueHint(); !hint.IsZero() && r.scanFrom != nil {
+		// Work committed out of order (a submission that took its time
+		// before its commit) lies behind the mark: read on from there.
+		if hk := seqKey(uint64(hint.UnixNano())); string(hk) < string(r.scanFrom) {
+			r.scanFrom = hk
+		}
+	}
+	if r.scanFrom == nil {
+		r.lastRescan = now
+	}
 	err := r.store.db.View(func(tx *bolt.Tx) error {
-		r.mu.Lock()
-		defer r.mu.Unlock()
-		free := r.opts.Concurrency - r.running
-		skipped := 0
-		c := tx.Bucket(bucketDue).Cursor()
-		for k, v := c.First(); k != nil && free > 0; k, v = c.Next() {
-			t, id, idx, ok := parseDueKey(k)
-			if !ok {
-				continue
-			}
-			if t.After(now) {
-				next = t
-				return nil
-			}
-			key := inflightKey(id, idx)
-			if _, busy := r.inflight[key]; busy {
-				continue
-			}
-			dest := string(v)
-			if r.opts.PerDestination > 0 && r.perDest[dest] >= r.opts.PerDestination {
-				if skipped++; skipped > maxSkipped {
-					return nil
+		// Destinations whose lists ran low refill from their own index.
+		for dest := range r.overflow {
+			if len(r.ready[dest]) < perDestReady/2 && len(r.queued) < total {
+				if !r.refill(tx, dest, now, perDestReady, total) {
+					delete(r.overflow, dest)
 				}
+			}
+		}
+		if len(r.queued) >= total {
+			return nil
+		}
+		c := tx.Bucket(bucketDue).Cursor()
+		var k, v []byte
+		if r.scanFrom == nil {
+			k, v = c.First()
+		} else if k, v = c.Seek(r.scanFrom); k != nil && string(k) == string(r.scanFrom) {
+			k, v = c.Next()
+		}
+		var last []byte
+		for scanned := 0; k != nil; k, v = c.Next() {
+			if len(k) < 8 {
 				continue
 			}
-			r.inflight[key] = struct{}{}
-			r.perDest[dest]++
-			r.running++
-			free--
-			due = append(due, dueItem{id, idx, dest})
+			if t := time.Unix(0, int64(binary.BigEndian.Uint64(k))); t.After(now) {
+				next = t
+				break
+			}
+			if scanned++; scanned > scanBudget || len(r.queued) >= total {
+				next = now // more to read: come back at once
+				break
+			}
+			last = k
+			_, over := r.overflow[string(v)]
+			if over || len(r.ready[string(v)]) >= perDestReady {
+				// Its older entries wait in the per-destination index:
+				// refill takes them in time order, this one after them.
+				r.overflow[string(v)] = struct{}{}
+				continue
+			}
+			r.enqueueReady(k, string(v))
+		}
+		if last != nil {
+			r.scanFrom = append(r.scanFrom[:0], last...)
 		}
 		return nil
 	})
 	if err != nil {
-		r.mu.Lock()
-		for _, it := range due {
-			r.release(it)
-		}
-		r.mu.Unlock()
 		return time.Time{}, err
 	}
-	for _, it := range due {
-		r.wg.Add(1)
-		go func() {
-			defer r.wg.Done()
-			r.attempt(r.abortCtx, it)
-			r.mu.Lock()
-			r.release(it)
-			r.mu.Unlock()
-			r.store.wake()
-		}()
-	}
+	r.startReady()
 	return next, nil
 }
 
-// release gives back the slots of a finished delivery; r.mu is held.
-func (r *Runner) release(it dueItem) {
-	delete(r.inflight, inflightKey(it.id, it.idx))
+// enqueueReady adds the due entry k to its destination's list unless it is
+// in flight or listed already; r.mu is held.
+func (r *Runner) enqueueReady(k []byte, dest string) {
+	ik, ok := dueItemKey(k)
+	if !ok {
+		return
+	}
+	if _, busy := r.inflight[ik]; busy {
+		return
+	}
+	if _, listed := r.queued[ik]; listed {
+		return
+	}
+	it, _ := newDueItem(k, dest)
+	if len(r.ready[dest]) == 0 {
+		r.order = append(r.order, dest)
+	}
+	r.ready[dest] = append(r.ready[dest], it)
+	r.queued[ik] = struct{}{}
+}
+
+// refill reads dest's due entries from the per-destination index into its
+// list; it reports whether more due entries remain than the list took.
+func (r *Runner) refill(tx *bolt.Tx, dest string, now time.Time, perDestReady, total int) bool {
+	c := tx.Bucket(bucketDueDest).Cursor()
+	p := append([]byte(dest), 0)
+	for k, _ := c.Seek(p); k != nil && len(k) == len(p)+26 && string(k[:len(p)]) == string(p); k, _ = c.Next() {
+		due := k[len(p):]
+		if time.Unix(0, int64(binary.BigEndian.Uint64(due))).After(now) {
+			return false
+		}
+		if len(r.ready[dest]) >= perDestReady || len(r.queued) >= total {
+			return true
+		}
+		r.enqueueReady(due, dest)
+	}
+	return false
+}
+
+// startReady starts deliveries from the ready lists, round robin, while
+// there are slots; r.mu is held.
+func (r *Runner) startReady() {
+	if r.unrecorded > 0 {
+		return
+	}
+	for r.running < r.opts.Concurrency && len(r.order) > 0 {
+		started := false
+		for i := 0; i < len(r.order) && r.running < r.opts.Concurrency; i++ {
+			r.rr %= len(r.order)
+			dest := r.order[r.rr]
+			if r.opts.PerDestination > 0 && r.perDest[dest] >= r.opts.PerDestination {
+				r.rr++
+				continue
+			}
+			list := r.ready[dest]
+			it := list[0]
+			if len(list) == 1 {
+				delete(r.ready, dest)
+				r.order = append(r.order[:r.rr], r.order[r.rr+1:]...)
+			} else {
+				r.ready[dest] = list[1:]
+				r.rr++
+			}
+			delete(r.queued, it.key)
+			r.start(it)
+			started = true
+		}
+		if !started {
+			return
+		}
+	}
+}
+
+// start runs one delivery; r.mu is held.
+func (r *Runner) start(it dueItem) {
+	r.inflight[it.key] = struct{}{}
+	r.perDest[it.dest]++
+	r.running++
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		released := false
+		// The slots go back as soon as the remote side is done, so that the
+		// destination's connection serves the next delivery while this
+		// result is being made durable; the recipient itself stays in
+		// flight until then.
+		releaseSlots := func() {
+			if !released {
+				released = true
+				r.mu.Lock()
+				r.releaseSlots(it)
+				r.mu.Unlock()
+				r.store.wake()
+			}
+		}
+		r.attempt(r.abortCtx, it, releaseSlots)
+		releaseSlots()
+		r.mu.Lock()
+		delete(r.inflight, it.key)
+		r.mu.Unlock()
+		r.store.wake()
+	}()
+}
+
+// releaseSlots gives back the concurrency slots of a delivery; r.mu is held.
+func (r *Runner) releaseSlots(it dueItem) {
 	if r.perDest[it.dest]--; r.perDest[it.dest] <= 0 {
 		delete(r.perDest, it.dest)
 	}
 	r.running--
 }
-
-func inflightKey(id string, idx int) string { return fmt.Sprintf("%s/%d", id, idx) }
 
 // load reads what one attempt needs: the envelope and the recipient. It
 // returns ok false when the due entry is stale (message deleted, recipient
@@ -277,10 +441,8 @@ func (r *Runner) load(it dueItem) (d Delivery, ok bool) {
 		return nil
 	})
 	if stale {
-		r.store.log.Debug("queue: skip stale due entry", "msgid", it.id, "rcpt_index", it.idx, "err", err)
-		_ = r.store.update(context.Background(), func(tx *bolt.Tx, st *txState) error {
-			return dropStaleDue(tx, it.id, it.idx)
-		})
+		// Deleted, finished or rescheduled since it was read from the
+		// time index (writes keep the index itself exact).
 		return d, false
 	}
 	if err != nil {
@@ -290,36 +452,8 @@ func (r *Runner) load(it dueItem) (d Delivery, ok bool) {
 	return d, true
 }
 
-// dropStaleDue removes the due entries of a recipient that is not pending
-// (or no longer exists), looking only at that recipient's own keys.
-func dropStaleDue(tx *bolt.Tx, id string, idx int) error {
-	rc, err := getRcpt(tx, id, idx)
-	if err == nil && rc.Status.Pending() {
-		return nil // pending after all: its entry is right
-	}
-	if err == nil && !rc.NextAttempt.IsZero() {
-		return tx.Bucket(bucketDue).Delete(dueKey(rc.NextAttempt, id, idx))
-	}
-	// The recipient is gone: its entry can only be found by scanning; such
-	// entries are rare (a crash between writes cannot leave them, since
-	// writes are transactions), so scan the due index once.
-	var stale [][]byte
-	c := tx.Bucket(bucketDue).Cursor()
-	for k, _ := c.First(); k != nil; k, _ = c.Next() {
-		if _, kid, kidx, ok := parseDueKey(k); ok && kid == id && kidx == idx {
-			stale = append(stale, append([]byte(nil), k...))
-		}
-	}
-	for _, k := range stale {
-		if err := tx.Bucket(bucketDue).Delete(k); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
 // attempt delivers one recipient and records the result.
-func (r *Runner) attempt(ctx context.Context, it dueItem) {
+func (r *Runner) attempt(ctx context.Context, it dueItem, delivered func()) {
 	d, ok := r.load(it)
 	if !ok {
 		return
@@ -343,6 +477,7 @@ func (r *Runner) attempt(ctx context.Context, it dueItem) {
 			return
 		}
 	}
+	delivered()
 	r.recordDurably(it, res)
 	if r.opts.OnAttempt != nil {
 		r.opts.OnAttempt(d, res, time.Since(start))
@@ -355,6 +490,14 @@ func (r *Runner) attempt(ctx context.Context, it dueItem) {
 // the recipient is delivered again after the restart.
 func (r *Runner) recordDurably(it dueItem, res Result) {
 	backoff := 50 * time.Millisecond
+	failed := false
+	defer func() {
+		if failed {
+			r.mu.Lock()
+			r.unrecorded--
+			r.mu.Unlock()
+		}
+	}()
 	for {
 		err := r.store.record(context.Background(), it.id, it.idx, res, r.schedule(rand.Float64()))
 		if err == nil {
@@ -363,6 +506,12 @@ func (r *Runner) recordDurably(it dueItem, res Result) {
 		if !errors.Is(err, ErrStorage) {
 			r.store.log.Error("queue: record result", "msgid", it.id, "rcpt_index", it.idx, "err", err)
 			return
+		}
+		if !failed {
+			failed = true
+			r.mu.Lock()
+			r.unrecorded++
+			r.mu.Unlock()
 		}
 		r.store.log.Warn("queue: cannot record a result yet; keeping it", "msgid", it.id, "rcpt_index", it.idx,
 			"status", res.Status, "err", err)

@@ -438,3 +438,59 @@ func (l *lockedBuffer) Reset() {
 }
 
 func newTextLogger(w io.Writer) *slog.Logger { return slog.New(slog.NewTextHandler(w, nil)) }
+
+// TestSlowDestinationDoesNotStarveOthers: a destination at its cap is
+// passed over, not waited on: with every slot of slow.test taken by
+// deliveries that hang, mail to fast.test queued behind 200 slow ones still
+// goes out at once, and slow.test never gets more than its cap.
+func TestSlowDestinationDoesNotStarveOthers(t *testing.T) {
+	s := openStore(t, filepath.Join(t.TempDir(), "q.db"), nil)
+	defer s.Close()
+	ctx := context.Background()
+	for i := 0; i < 200; i++ {
+		if err := s.Enqueue(ctx, newMessage(fmt.Sprintf("r%d@slow.test", i)), []byte("x\r\n")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var fast []string
+	for i := 0; i < 5; i++ {
+		m := newMessage(fmt.Sprintf("r%d@fast.test", i))
+		if err := s.Enqueue(ctx, m, []byte("x\r\n")); err != nil {
+			t.Fatal(err)
+		}
+		fast = append(fast, m.ID)
+	}
+	release := make(chan struct{})
+	var mu sync.Mutex
+	slowNow, slowMax := 0, 0
+	d := delivererFunc(func(ctx context.Context, d Delivery) Result {
+		if Destination(d.Recipient.Address) == "slow.test" {
+			mu.Lock()
+			slowNow++
+			slowMax = max(slowMax, slowNow)
+			mu.Unlock()
+			select {
+			case <-release:
+			case <-ctx.Done():
+			}
+			mu.Lock()
+			slowNow--
+			mu.Unlock()
+		}
+		return Result{Status: StatusSent, Code: 250}
+	})
+	rctx, cancel := context.WithCancel(ctx)
+	r := NewRunner(s, d, RunnerOptions{Concurrency: 10, PerDestination: 3, Retry: []time.Duration{time.Hour}})
+	done := make(chan struct{})
+	go func() { r.Run(rctx); close(done) }()
+	for _, id := range fast {
+		waitStatus(t, s, id, 0, StatusSent)
+	}
+	close(release)
+	waitCount(t, s, StatusSent, 205)
+	cancel()
+	<-done
+	if slowMax > 3 {
+		t.Errorf("slow.test had %d deliveries at once, cap 3", slowMax)
+	}
+}

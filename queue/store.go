@@ -82,6 +82,8 @@ type Store struct {
 	counts   map[Status]int64
 	batchObs func(n int)
 	floors   []func() uint64 // KeepEventsAfter
+	dueHint  time.Time       // earliest due time committed since the scheduler last looked
+	offers   []func([]Event) // followers told of each committed batch
 }
 
 // Open opens (creating if needed) the store file at path; its directory is

@@ -584,6 +584,10 @@ type Change struct {
 	Entry Entry
 }
 
+// cursorLag is how far the stored cursor may fall behind while events
+// change nothing.
+const cursorLag = 10000
+
 // cursorsBucket holds, per consumer name, the sequence number of the last
 // queue event whose changes were applied.
 var cursorsBucket = []byte("suppress-cursors")
@@ -608,6 +612,39 @@ func (l *List) Cursor(name string) (uint64, error) {
 // crash cannot apply them twice or lose them. Changes for addresses that
 // cannot be keyed (ErrInvalidAddress) are skipped.
 func (l *List) ApplyChanges(name string, seq uint64, changes []Change) error {
+	// Most events change nothing (a delivery to an address with no run of
+	// soft bounces): then only the cursor would move, and it is written at
+	// most every cursorLag events: replaying events that change nothing
+	// after a crash is harmless.
+	effective, lagging := false, true
+	err := l.db.View(func(tx *bbolt.Tx) error {
+		var cur uint64
+		if b := tx.Bucket(cursorsBucket); b != nil {
+			if v := b.Get([]byte(name)); len(v) == 8 {
+				cur = binary.BigEndian.Uint64(v)
+			}
+		}
+		lagging = seq-min(cur, seq) >= cursorLag
+		soft := tx.Bucket(softBucket)
+		for _, c := range changes {
+			if c.Kind != ChangeSuccess {
+				effective = true
+				return nil
+			}
+			addr, err := normalize(c.Entry.Account, c.Entry.Address)
+			if err == nil && soft != nil && soft.Get(key(l.keyAccount(c.Entry.Account), addr)) != nil {
+				effective = true
+				return nil
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("suppress: apply changes: %w", err)
+	}
+	if !effective && !lagging {
+		return nil
+	}
 	return l.db.Update(func(tx *bbolt.Tx) error {
 		b, err := tx.CreateBucketIfNotExists(cursorsBucket)
 		if err != nil {

@@ -314,6 +314,10 @@ func (o *Outbox) EnqueueTx(tx *bolt.Tx, ev queue.Event) error {
 	return nil
 }
 
+// cursorLag is how far the stored cursor may fall behind while no endpoint
+// takes the events.
+const cursorLag = 10000
+
 // cursorKey, in bucketRoot, holds the Seq of the last queue event appended.
 var cursorKey = []byte("cursor")
 
@@ -338,6 +342,27 @@ func (o *Outbox) Cursor() (uint64, error) {
 func (o *Outbox) AppendEvents(events []queue.Event) error {
 	if len(events) == 0 {
 		return nil
+	}
+	// Events no endpoint takes only move the cursor, which is then written
+	// at most every cursorLag events (a replay of them adds nothing).
+	o.mu.Lock()
+	matched := false
+	for _, ev := range events {
+		for _, ep := range o.endpoints {
+			if ep.all || ep.match[ev.Status] {
+				matched = true
+			}
+		}
+	}
+	o.mu.Unlock()
+	if !matched {
+		cur, err := o.Cursor()
+		if err != nil {
+			return fmt.Errorf("webhook: append events: %w", err)
+		}
+		if last := events[len(events)-1].Seq; last-min(cur, last) < cursorLag {
+			return nil
+		}
 	}
 	err := o.db.Update(func(tx *bolt.Tx) error {
 		root, err := tx.CreateBucketIfNotExists(bucketRoot)
