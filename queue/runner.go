@@ -85,7 +85,7 @@ type Runner struct {
 	// unrecorded counts results the store refused and that wait to be
 	// written again: while there are any, no delivery starts.
 	unrecorded int
-	wg       sync.WaitGroup
+	wg         sync.WaitGroup
 
 	// The scheduler's memory of the time index: due entries read but not
 	// started yet, in one FIFO per destination, served round robin, so that
