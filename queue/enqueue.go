@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"os"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -47,9 +48,8 @@ func (s *Store) EnqueueParts(ctx context.Context, m *Message, parts ...[]byte) e
 	}
 	// Everything the transaction writes is built here, once, from the
 	// caller's message: the function below only copies it into the store.
-	rec := msgRecord{ID: m.ID, Account: m.Account, User: m.User, Ref: m.Ref, Kind: m.Kind, MailFrom: m.MailFrom,
-		HeaderFrom: m.HeaderFrom, From: m.From, MessageIDHeader: m.MessageIDHeader, SigningDomain: m.SigningDomain,
-		Received: m.Received, Size: size, Rcpts: len(m.Recipients), BodyCRC: crc}
+	rec := newMsgRecord(m)
+	rec.Size, rec.BodyCRC, rec.Finished = size, crc, time.Time{}
 	type newRcpt struct {
 		rec     rcptRecord
 		initial Status

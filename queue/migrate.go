@@ -99,9 +99,8 @@ func (s *Store) migrateV0Message(tx *bolt.Tx, id, v []byte) error {
 	if err := json.Unmarshal(v, &m); err != nil {
 		return fmt.Errorf("decode: %w", err)
 	}
-	mr := &msgRecord{ID: m.ID, Account: m.Account, User: m.User, Ref: m.Ref, Kind: m.Kind, MailFrom: m.MailFrom,
-		HeaderFrom: m.HeaderFrom, From: m.From, MessageIDHeader: m.MessageIDHeader, SigningDomain: m.SigningDomain,
-		Received: m.Received, Size: m.Size, Rcpts: len(m.Recipients), Finished: m.Finished}
+	rec := newMsgRecord(&m)
+	mr := &rec
 	bodies := tx.Bucket(bucketBodies)
 	body := bodies.Get(id)
 	switch {

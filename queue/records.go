@@ -61,6 +61,20 @@ type msgRecord struct {
 	Finished time.Time `json:"finished,omitempty"`
 }
 
+// envelope returns the Message view of the record, without recipients.
+func (mr *msgRecord) envelope() *Message {
+	return &Message{ID: mr.ID, Account: mr.Account, User: mr.User, Ref: mr.Ref, Kind: mr.Kind, MailFrom: mr.MailFrom,
+		HeaderFrom: mr.HeaderFrom, From: mr.From, MessageIDHeader: mr.MessageIDHeader, SigningDomain: mr.SigningDomain,
+		Received: mr.Received, Size: mr.Size, Finished: mr.Finished}
+}
+
+// newMsgRecord is the record of an accepted message's envelope.
+func newMsgRecord(m *Message) msgRecord {
+	return msgRecord{ID: m.ID, Account: m.Account, User: m.User, Ref: m.Ref, Kind: m.Kind, MailFrom: m.MailFrom,
+		HeaderFrom: m.HeaderFrom, From: m.From, MessageIDHeader: m.MessageIDHeader, SigningDomain: m.SigningDomain,
+		Received: m.Received, Size: m.Size, Rcpts: len(m.Recipients), Finished: m.Finished}
+}
+
 // rcptRecord is the delivery state of one recipient.
 type rcptRecord struct {
 	Address      string    `json:"address"`
@@ -243,9 +257,7 @@ func view(tx *bolt.Tx, id string) (*Message, error) {
 	if err != nil {
 		return nil, err
 	}
-	m := &Message{ID: mr.ID, Account: mr.Account, User: mr.User, Ref: mr.Ref, Kind: mr.Kind, MailFrom: mr.MailFrom,
-		HeaderFrom: mr.HeaderFrom, From: mr.From, MessageIDHeader: mr.MessageIDHeader, SigningDomain: mr.SigningDomain,
-		Received: mr.Received, Size: mr.Size, Finished: mr.Finished}
+	m := mr.envelope()
 	err = forEachRcpt(tx, id, func(idx int, r *rcptRecord) error {
 		m.Recipients = append(m.Recipients, &Recipient{Index: idx, Address: r.Address, EnvelopeFrom: r.EnvelopeFrom,
 			Status: r.Status, Reason: r.Reason, Attempts: r.Attempts, NextAttempt: r.NextAttempt, Events: []Event{}})

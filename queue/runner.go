@@ -433,9 +433,8 @@ func (r *Runner) load(it dueItem) (d Delivery, ok bool) {
 			stale = true
 			return nil
 		}
-		d.Message = &Message{ID: mr.ID, Account: mr.Account, User: mr.User, Ref: mr.Ref, Kind: mr.Kind,
-			MailFrom: mr.MailFrom, HeaderFrom: mr.HeaderFrom, From: mr.From, MessageIDHeader: mr.MessageIDHeader,
-			SigningDomain: mr.SigningDomain, Received: mr.Received, Size: mr.Size}
+		d.Message = mr.envelope()
+		d.Message.Finished = time.Time{}
 		d.Recipient = &Recipient{Index: it.idx, Address: rc.Address, EnvelopeFrom: rc.EnvelopeFrom, Status: rc.Status,
 			Reason: rc.Reason, Attempts: rc.Attempts, NextAttempt: rc.NextAttempt}
 		return nil
