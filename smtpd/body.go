@@ -6,10 +6,13 @@ import (
 	"io"
 )
 
-// chunkSize is the unit a message body is read in. Reading into fixed
-// chunks instead of one growing slice keeps a 25 MiB message from being
-// copied again and again as the slice grows.
-const chunkSize = 256 << 10
+// A message body is read in chunks that start small and double up to
+// maxChunk: a 4 KiB message costs an 8 KiB chunk, not a 256 KiB one, and a
+// 25 MiB message is not copied again and again as one slice would grow.
+const (
+	firstChunk = 8 << 10
+	maxChunk   = 256 << 10
+)
 
 // Body is a message body held as a list of chunks.
 type Body struct {
@@ -26,8 +29,8 @@ func NewBody(b []byte) *Body { return &Body{chunks: [][]byte{b}, n: len(b)} }
 // not a message.
 func ReadBody(r io.Reader) (*Body, error) {
 	b := &Body{}
-	for {
-		chunk := make([]byte, chunkSize)
+	for size := firstChunk; ; size = min(2*size, maxChunk) {
+		chunk := make([]byte, size)
 		n, err := fill(r, chunk)
 		if n > 0 {
 			b.chunks = append(b.chunks, chunk[:n:n])
