@@ -149,7 +149,9 @@ func TestSummary(t *testing.T) {
 	}
 	clock.add(time.Hour)
 	busy := Result{Status: StatusDeferred, Code: 421, EnhancedCode: "4.7.0", Text: "try  again\nlater", Host: "mx.gmail.test[192.0.2.1:25]"}
-	sched := func(received time.Time, attempts int, now time.Time) (time.Time, bool) { return now.Add(time.Hour), true }
+	sched := func(received time.Time, attempts int, now time.Time) (time.Time, bool) {
+		return now.Add(time.Hour), true
+	}
 	for _, c := range []struct {
 		idx int
 		res Result
