@@ -128,6 +128,10 @@ type Relay struct {
 	PerDestination int             `toml:"per_destination"`
 	Retry          []time.Duration `toml:"retry"`
 	MaxAge         time.Duration   `toml:"max_age"`
+	// DelayWarning: a recipient still not delivered this long after
+	// acceptance gets one "delayed" event; 0 disables it. A file without
+	// the key gets DefaultDelayWarning (Parse).
+	DelayWarning time.Duration `toml:"delay_warning"`
 	ConnectTimeout time.Duration   `toml:"connect_timeout"`
 	CommandTimeout time.Duration   `toml:"command_timeout"`
 	DataTimeout    time.Duration   `toml:"data_timeout"`
