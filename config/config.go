@@ -131,10 +131,10 @@ type Relay struct {
 	// DelayWarning: a recipient still not delivered this long after
 	// acceptance gets one "delayed" event; 0 disables it. A file without
 	// the key gets DefaultDelayWarning (Parse).
-	DelayWarning time.Duration `toml:"delay_warning"`
-	ConnectTimeout time.Duration   `toml:"connect_timeout"`
-	CommandTimeout time.Duration   `toml:"command_timeout"`
-	DataTimeout    time.Duration   `toml:"data_timeout"`
+	DelayWarning   time.Duration `toml:"delay_warning"`
+	ConnectTimeout time.Duration `toml:"connect_timeout"`
+	CommandTimeout time.Duration `toml:"command_timeout"`
+	DataTimeout    time.Duration `toml:"data_timeout"`
 	// MXAddressLimit is the most MX addresses one delivery attempt tries.
 	MXAddressLimit int `toml:"mx_address_limit"`
 	// MXSessionLimit is the most of them that may result in a connection.
