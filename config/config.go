@@ -128,13 +128,9 @@ type Relay struct {
 	PerDestination int             `toml:"per_destination"`
 	Retry          []time.Duration `toml:"retry"`
 	MaxAge         time.Duration   `toml:"max_age"`
-	// DelayWarning: a recipient still not delivered this long after
-	// acceptance gets one "delayed" event; 0 disables it. A file without
-	// the key gets DefaultDelayWarning (Parse).
-	DelayWarning   time.Duration `toml:"delay_warning"`
-	ConnectTimeout time.Duration `toml:"connect_timeout"`
-	CommandTimeout time.Duration `toml:"command_timeout"`
-	DataTimeout    time.Duration `toml:"data_timeout"`
+	ConnectTimeout time.Duration   `toml:"connect_timeout"`
+	CommandTimeout time.Duration   `toml:"command_timeout"`
+	DataTimeout    time.Duration   `toml:"data_timeout"`
 	// MXAddressLimit is the most MX addresses one delivery attempt tries.
 	MXAddressLimit int `toml:"mx_address_limit"`
 	// MXSessionLimit is the most of them that may result in a connection.
@@ -142,6 +138,10 @@ type Relay struct {
 	// AttemptTimeout bounds one delivery attempt as a whole.
 	AttemptTimeout time.Duration `toml:"attempt_timeout"`
 	Routes         []Route       `toml:"route"`
+	// DelayWarning: a recipient still not delivered this long after
+	// acceptance gets one "delayed" event; 0 disables it. A file without
+	// the key gets DefaultDelayWarning (Parse).
+	DelayWarning time.Duration `toml:"delay_warning"`
 }
 
 // Route sends mail for Domain (exact, or "*.suffix") to Host ("ip-or-name:port"), bypassing MX.
