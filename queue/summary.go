@@ -3,6 +3,7 @@ package queue
 import (
 	"bytes"
 	"cmp"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -17,6 +18,9 @@ const (
 	SummaryByAccount = "account"
 	SummaryByMX      = "mx"
 )
+
+// summaryChunk is how many recipients Summary reads per read transaction.
+const summaryChunk = 2000
 
 // statusHeld is the status of a recipient held by the postmaster (queue
 // hold); the summary counts it apart from queued and deferred.
@@ -50,7 +54,10 @@ type SummaryRow struct {
 // SummaryByAccount, SummaryByMX), largest first. It only reads: one read
 // transaction over the status index, the records and each recipient's last
 // event, so its cost is the number of waiting recipients.
-func (s *Store) Summary(by string) ([]SummaryRow, error) {
+func (s *Store) Summary(by string) ([]SummaryRow, error) { return s.summary(by, summaryChunk) }
+
+// summary is Summary reading chunk recipients per read transaction.
+func (s *Store) summary(by string, chunk int) ([]SummaryRow, error) {
 	if by == "" {
 		by = SummaryByDomain
 	}
@@ -60,63 +67,83 @@ func (s *Store) Summary(by string) ([]SummaryRow, error) {
 	now := s.now()
 	rows := map[string]*SummaryRow{}
 	errs := map[string]map[string]int{}
-	err := s.db.View(func(tx *bolt.Tx) error {
-		msgs := map[string]*msgRecord{}
-		for _, st := range []Status{StatusQueued, StatusDeferred, statusHeld} {
-			p := indexKey(string(st), "")
-			c := tx.Bucket(bucketByStatus).Cursor()
-			for k, _ := c.Seek(p); k != nil && bytes.HasPrefix(k, p); k, _ = c.Next() {
-				if len(k) != len(p)+16+2 {
-					continue
-				}
-				id := string(k[len(p) : len(p)+16])
-				idx := int(k[len(p)+16])<<8 | int(k[len(p)+17])
-				m := msgs[id]
-				if m == nil {
-					var err error
-					if m, err = getMsg(tx, id); err != nil {
-						return err
-					}
-					msgs[id] = m
-				}
-				r, err := getRcpt(tx, id, idx)
-				if err != nil {
-					return err
-				}
-				var last *Event
-				if r.LastSeq != 0 {
-					if ev, err := getEvent(tx, r.LastSeq); err == nil {
-						last = &ev
-					}
-				}
-				key := summaryKey(by, m, r, last)
-				row := rows[key]
-				if row == nil {
-					row = &SummaryRow{Key: key}
-					rows[key] = row
-					errs[key] = map[string]int{}
-				}
-				switch st {
-				case StatusQueued:
-					row.Queued++
-				case StatusDeferred:
-					row.Deferred++
-				default:
-					row.Held++
-				}
-				row.Total++
-				if row.Oldest.IsZero() || m.Received.Before(row.Oldest) {
-					row.Oldest = m.Received
-				}
-				if e := lastError(last); e != "" {
-					errs[key][e]++
-				}
+	msgs := map[string]*msgRecord{}
+	add := func(tx *bolt.Tx, st Status, id string, idx int) error {
+		m := msgs[id]
+		if m == nil {
+			var err error
+			if m, err = getMsg(tx, id); err != nil {
+				return err
+			}
+			msgs[id] = m
+		}
+		r, err := getRcpt(tx, id, idx)
+		if err != nil {
+			return err
+		}
+		var last *Event
+		if st != StatusQueued && r.LastSeq != 0 { // a queued recipient was never tried
+			if ev, err := getEvent(tx, r.LastSeq); err == nil {
+				last = &ev
 			}
 		}
+		key := summaryKey(by, m, r, last)
+		row := rows[key]
+		if row == nil {
+			row = &SummaryRow{Key: key}
+			rows[key] = row
+			errs[key] = map[string]int{}
+		}
+		switch st {
+		case StatusQueued:
+			row.Queued++
+		case StatusDeferred:
+			row.Deferred++
+		default:
+			row.Held++
+		}
+		row.Total++
+		if row.Oldest.IsZero() || m.Received.Before(row.Oldest) {
+			row.Oldest = m.Received
+		}
+		if e := lastError(last); e != "" {
+			errs[key][e]++
+		}
 		return nil
-	})
-	if err != nil {
-		return nil, err
+	}
+	// The status index is read in chunks, each in its own short read
+	// transaction, so that a large queue never holds one open for long
+	// (which would stall the file's growth). A recipient that changes
+	// status between chunks may be counted under both or neither: a
+	// summary is a glance, not a ledger.
+	for _, st := range []Status{StatusQueued, StatusDeferred, statusHeld} {
+		p := indexKey(string(st), "")
+		from := p
+		for from != nil {
+			err := s.db.View(func(tx *bolt.Tx) error {
+				c := tx.Bucket(bucketByStatus).Cursor()
+				k, _ := c.Seek(from)
+				from = nil
+				for n := 0; k != nil && bytes.HasPrefix(k, p); k, _ = c.Next() {
+					if n++; n > chunk {
+						from = bytes.Clone(k) // the first key of the next chunk
+						return nil
+					}
+					if len(k) != len(p)+16+2 {
+						continue
+					}
+					id := string(k[len(p) : len(p)+16])
+					idx := int(k[len(p)+16])<<8 | int(k[len(p)+17])
+					if err := add(tx, st, id, idx); err != nil && !errors.Is(err, ErrNotFound) {
+						return err
+					}
+				}
+				return nil
+			})
+			if err != nil {
+				return nil, err
+			}
+		}
 	}
 	out := make([]SummaryRow, 0, len(rows))
 	for key, row := range rows {

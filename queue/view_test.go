@@ -2,6 +2,7 @@ package queue
 
 import (
 	"context"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -164,15 +165,19 @@ func TestSummary(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	byDomain, err := s.Summary("")
-	if err != nil {
-		t.Fatal(err)
-	}
 	want := []SummaryRow{
 		{Key: "gmail.test", Queued: 1, Deferred: 2, Total: 3, TopError: "421 4.7.0 try again later", TopErrorCount: 2},
 		{Key: "b.test", Deferred: 1, Total: 1, TopError: "451 greylisted", TopErrorCount: 1},
 	}
-	checkRows(t, "domain", byDomain, want, []time.Duration{2 * time.Hour, 2 * time.Hour})
+	// Read in one transaction, and one or two recipients per transaction:
+	// resuming a chunk neither skips nor repeats a recipient.
+	for _, chunk := range []int{summaryChunk, 1, 2} {
+		byDomain, err := s.summary("", chunk)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkRows(t, fmt.Sprintf("domain (chunk %d)", chunk), byDomain, want, []time.Duration{2 * time.Hour, 2 * time.Hour})
+	}
 
 	byAccount, err := s.Summary(SummaryByAccount)
 	if err != nil {
