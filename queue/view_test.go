@@ -222,3 +222,48 @@ func checkRows(t *testing.T, by string, got, want []SummaryRow, ages []time.Dura
 		}
 	}
 }
+
+// TestDelayWarningSurvivesRestart: the one delayed event is remembered in
+// the recipient's record, so a deferral after a restart adds no second one.
+func TestDelayWarningSurvivesRestart(t *testing.T) {
+	clock := newSteppingClock()
+	path := filepath.Join(t.TempDir(), "q.db")
+	s := openStore(t, path, clock.Now)
+	ctx := context.Background()
+	m := newMessage("slow@b.test")
+	if err := s.Enqueue(ctx, m, []byte("Subject: x\r\n\r\nb\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	sched := func(received time.Time, attempts int, now time.Time) (time.Time, bool) { return now.Add(time.Hour), true }
+	busy := Result{Status: StatusDeferred, Code: 421, Text: "busy"}
+	delayed := func(s *Store) int {
+		got, err := s.Get(m.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, ev := range got.Recipients[0].Events {
+			if ev.Type == EventDelayed {
+				n++
+			}
+		}
+		return n
+	}
+	clock.add(2 * time.Hour)
+	if err := s.record(ctx, m.ID, 0, busy, sched, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if n := delayed(s); n != 1 {
+		t.Fatalf("%d delayed events after a deferral at 2h, want 1", n)
+	}
+	s.Close()
+	s = openStore(t, path, clock.Now)
+	defer s.Close()
+	clock.add(time.Hour)
+	if err := s.record(ctx, m.ID, 0, busy, sched, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if n := delayed(s); n != 1 {
+		t.Errorf("%d delayed events after a restart and another deferral, want 1", n)
+	}
+}
