@@ -234,7 +234,9 @@ func TestDelayWarningSurvivesRestart(t *testing.T) {
 	if err := s.Enqueue(ctx, m, []byte("Subject: x\r\n\r\nb\r\n")); err != nil {
 		t.Fatal(err)
 	}
-	sched := func(received time.Time, attempts int, now time.Time) (time.Time, bool) { return now.Add(time.Hour), true }
+	sched := func(received time.Time, attempts int, now time.Time) (time.Time, bool) {
+		return now.Add(time.Hour), true
+	}
 	busy := Result{Status: StatusDeferred, Code: 421, Text: "busy"}
 	delayed := func(s *Store) int {
 		got, err := s.Get(m.ID)
