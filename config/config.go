@@ -138,6 +138,10 @@ type Relay struct {
 	// AttemptTimeout bounds one delivery attempt as a whole.
 	AttemptTimeout time.Duration `toml:"attempt_timeout"`
 	Routes         []Route       `toml:"route"`
+	// DelayWarning: a recipient still not delivered this long after
+	// acceptance gets one "delayed" event; 0 disables it. A file without
+	// the key gets DefaultDelayWarning (Parse).
+	DelayWarning time.Duration `toml:"delay_warning"`
 }
 
 // Route sends mail for Domain (exact, or "*.suffix") to Host ("ip-or-name:port"), bypassing MX.

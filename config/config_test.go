@@ -304,7 +304,7 @@ func TestDefaults(t *testing.T) {
 	want.Relay = Relay{
 		Port: 25, HELO: host, Concurrency: 100, PerDestination: 10,
 		Retry:  []time.Duration{time.Minute, 5 * time.Minute, 15 * time.Minute, 30 * time.Minute, time.Hour, 2 * time.Hour, 4 * time.Hour},
-		MaxAge: 120 * time.Hour, ConnectTimeout: 30 * time.Second, CommandTimeout: 5 * time.Minute, DataTimeout: 10 * time.Minute,
+		MaxAge: 120 * time.Hour, DelayWarning: 4 * time.Hour, ConnectTimeout: 30 * time.Second, CommandTimeout: 5 * time.Minute, DataTimeout: 10 * time.Minute,
 		MXAddressLimit: 5, MXSessionLimit: 2, AttemptTimeout: 11 * time.Minute,
 	}
 	want.Queue = Queue{Retention: 720 * time.Hour, PurgeInterval: time.Hour, Reserve: 32 << 20}

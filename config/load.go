@@ -86,6 +86,9 @@ func Parse(data []byte, path string) (*Config, error) {
 	}
 	c.Path = path
 	c.applyDefaults()
+	if !md.IsDefined("relay", "delay_warning") {
+		c.Relay.DelayWarning = DefaultDelayWarning // "0" is explicit: disabled
+	}
 	if err := c.Validate(); err != nil {
 		return nil, fix(err)
 	}

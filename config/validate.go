@@ -24,6 +24,9 @@ const (
 	DefaultDisplayName     = "{name} (via MakeLeaps)"
 )
 
+// DefaultDelayWarning is relay.delay_warning when the file does not set it.
+const DefaultDelayWarning = 4 * time.Hour
+
 // DefaultRetry is the relay.retry default: the wait before each new attempt;
 // the last one repeats until relay.max_age.
 var DefaultRetry = []time.Duration{
@@ -40,7 +43,7 @@ var bounceReasons = []string{
 	"complaint", "soft-bounce-limit", "manual",
 }
 
-var webhookEvents = []string{"queued", "deferred", "sent", "bounced", "suppressed", "*"}
+var webhookEvents = []string{"queued", "deferred", "sent", "bounced", "suppressed", "delayed", "*"}
 
 // applyDefaults replaces every zero value that has a default.
 func (c *Config) applyDefaults() {
@@ -380,6 +383,9 @@ func (c *Config) validate(errs *errList) {
 		}
 	}
 	positiveD("relay.max_age", r.MaxAge)
+	if r.DelayWarning < 0 {
+		errs.add("relay.delay_warning", "must be a positive duration, or 0 to disable")
+	}
 	positiveD("relay.connect_timeout", r.ConnectTimeout)
 	positiveD("relay.command_timeout", r.CommandTimeout)
 	positiveD("relay.data_timeout", r.DataTimeout)

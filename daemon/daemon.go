@@ -196,7 +196,7 @@ func New(cfg *config.Config, log *slog.Logger, o Options) (_ *Daemon, err error)
 	notifier.pipeline = d.Pipeline
 	d.Runner = queue.NewRunner(d.Store, &deliverer{relay: d.Relay, suppress: d.Suppress}, queue.RunnerOptions{
 		Concurrency: cfg.Relay.Concurrency, PerDestination: cfg.Relay.PerDestination,
-		Retry: cfg.Relay.Retry, MaxAge: cfg.Relay.MaxAge, Jitter: 0.1,
+		Retry: cfg.Relay.Retry, MaxAge: cfg.Relay.MaxAge, Jitter: 0.1, DelayWarning: cfg.Relay.DelayWarning,
 		OnAttempt: observeAttempt(log, m),
 	})
 	tlsConf, err := loadTLS(cfg)
@@ -440,6 +440,7 @@ func (d *Daemon) Reload(cfg *config.Config) error {
 	}
 	d.Relay.SetRoutes(routes(cfg))
 	d.Runner.SetRetry(cfg.Relay.Retry, cfg.Relay.MaxAge)
+	d.Runner.SetDelayWarning(cfg.Relay.DelayWarning)
 	d.log.Info("configuration reloaded", "config", cfg.Path)
 	return nil
 }

@@ -32,7 +32,14 @@ func (d *deliverer) Deliver(ctx context.Context, dl queue.Delivery) queue.Result
 
 // resultFromRelay maps a relay result to a queue result with its reason.
 func resultFromRelay(r relay.Result) queue.Result {
-	res := queue.Result{Host: r.Host, Code: r.Code, EnhancedCode: r.EnhancedCode, Text: r.Text, Source: "relay"}
+	res := queue.Result{Host: r.Host, Code: r.Code, EnhancedCode: r.EnhancedCode, Text: r.Text, Source: "relay",
+		Addr: r.Addr, TLSCipher: r.TLSCipher}
+	switch {
+	case r.TLS:
+		res.TLS = r.TLSVersion
+	case r.Addr != "" && r.Stage != relay.StageConnect:
+		res.TLS = "plain" // a session was made, without TLS
+	}
 	if r.Host == "" && r.Addr != "" {
 		res.Host = r.Addr
 	} else if r.Addr != "" {

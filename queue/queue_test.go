@@ -226,7 +226,7 @@ func TestApplyBounceAfterSentAndDelete(t *testing.T) {
 	if err := s.Enqueue(ctx, m, []byte("x\r\n")); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.record(ctx, m.ID, 0, Result{Status: StatusSent, Code: 250}, nil); err != nil {
+	if err := s.record(ctx, m.ID, 0, Result{Status: StatusSent, Code: 250}, nil, 0); err != nil {
 		t.Fatal(err)
 	}
 	r, err := s.Apply(ctx, m.ID, 0, Event{Status: StatusBounced, Reason: "user-unknown", Source: "dsn", EnhancedCode: "5.1.1"})
@@ -273,7 +273,7 @@ func TestPurgeAfterRetention(t *testing.T) {
 	if err := s.Enqueue(ctx, pending, []byte("x\r\n")); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.record(ctx, m.ID, 0, Result{Status: StatusSent}, nil); err != nil {
+	if err := s.record(ctx, m.ID, 0, Result{Status: StatusSent}, nil, 0); err != nil {
 		t.Fatal(err)
 	}
 	if n, _ := s.Purge(ctx, now.Add(-time.Hour), 100); n != 0 {

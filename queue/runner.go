@@ -36,6 +36,14 @@ type Result struct {
 	Reason string
 	// Source overrides the event source ("relay" by default).
 	Source string
+	// Addr is the ip:port of the MX host that answered.
+	Addr string
+	// TLS is the session's protocol version ("TLS 1.3") or "plain"; "" when
+	// no session was made. TLSCipher is the cipher suite when encrypted.
+	TLS       string
+	TLSCipher string
+	// Duration is how long the attempt took (the runner measures it when 0).
+	Duration time.Duration
 }
 
 // Deliverer delivers one recipient of one message. relay implements the SMTP
@@ -59,6 +67,10 @@ type RunnerOptions struct {
 	MaxAge time.Duration
 	// Jitter spreads retries by up to this fraction of the delay (0 = none).
 	Jitter float64
+	// DelayWarning is how long after acceptance a recipient still deferred
+	// gets one "delayed" event (Event.Type EventDelayed; its status stays
+	// deferred); 0 disables it (relay.delay_warning).
+	DelayWarning time.Duration
 	// OnAttempt, when set, is told each finished attempt (logging, metrics).
 	OnAttempt func(d Delivery, res Result, took time.Duration)
 }
@@ -138,6 +150,13 @@ func (r *Runner) SetRetry(retry []time.Duration, maxAge time.Duration) {
 	if maxAge > 0 {
 		r.opts.MaxAge = maxAge
 	}
+}
+
+// SetDelayWarning replaces the delay warning time (config reload); 0 disables it.
+func (r *Runner) SetDelayWarning(d time.Duration) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.opts.DelayWarning = max(d, 0)
 }
 
 // InFlight returns how many deliveries are in progress (including results
@@ -457,7 +476,7 @@ func (r *Runner) attempt(ctx context.Context, it dueItem, delivered func()) {
 	if !ok {
 		return
 	}
-	start := time.Now()
+	start := r.store.now()
 	body, err := r.store.OpenBody(it.id)
 	var res Result
 	if err != nil {
@@ -477,6 +496,9 @@ func (r *Runner) attempt(ctx context.Context, it dueItem, delivered func()) {
 		}
 	}
 	delivered()
+	if res.Duration == 0 {
+		res.Duration = r.store.now().Sub(start)
+	}
 	r.recordDurably(it, res)
 	if r.opts.OnAttempt != nil {
 		r.opts.OnAttempt(d, res, time.Since(start))
@@ -497,8 +519,11 @@ func (r *Runner) recordDurably(it dueItem, res Result) {
 			r.mu.Unlock()
 		}
 	}()
+	r.mu.Lock()
+	delayWarning := r.opts.DelayWarning
+	r.mu.Unlock()
 	for {
-		err := r.store.record(context.Background(), it.id, it.idx, res, r.schedule(rand.Float64()))
+		err := r.store.record(context.Background(), it.id, it.idx, res, r.schedule(rand.Float64()), delayWarning)
 		if err == nil {
 			return
 		}
@@ -553,7 +578,9 @@ func (r *Runner) schedule(jitterDraw float64) scheduleFunc {
 }
 
 // record stores the result of an attempt on recipient idx of message id.
-func (s *Store) record(ctx context.Context, id string, idx int, res Result, schedule scheduleFunc) error {
+// A deferral at least delayWarning (> 0) after acceptance also records the
+// recipient's one "delayed" event.
+func (s *Store) record(ctx context.Context, id string, idx int, res Result, schedule scheduleFunc, delayWarning time.Duration) error {
 	now := s.now()
 	return s.update(ctx, func(tx *bolt.Tx, st *txState) error {
 		m, err := getMsg(tx, id)
@@ -571,7 +598,8 @@ func (s *Store) record(ctx context.Context, id string, idx int, res Result, sche
 		}
 		rc.Attempts++
 		ev := Event{Time: now, Status: res.Status, Host: res.Host, Code: res.Code, EnhancedCode: res.EnhancedCode,
-			Text: res.Text, Reason: res.Reason, Source: res.Source, Attempt: rc.Attempts}
+			Text: res.Text, Reason: res.Reason, Source: res.Source, Attempt: rc.Attempts,
+			Addr: res.Addr, TLS: res.TLS, TLSCipher: res.TLSCipher, Duration: Duration(res.Duration)}
 		if ev.Source == "" {
 			ev.Source = "relay"
 		}
@@ -599,6 +627,16 @@ func (s *Store) record(ctx context.Context, id string, idx int, res Result, sche
 		}
 		if _, err := s.appendEvent(tx, st, m, idx, rc, ev); err != nil {
 			return err
+		}
+		if ev.Status == StatusDeferred && delayWarning > 0 && !rc.Delayed && now.Sub(m.Received) >= delayWarning {
+			rc.Delayed = true
+			dl := Event{Time: now, Status: StatusDeferred, Type: EventDelayed, Source: "queue", Attempt: rc.Attempts,
+				Host: ev.Host, Code: ev.Code, EnhancedCode: ev.EnhancedCode, Text: ev.Text, Reason: ev.Reason,
+				Note: fmt.Sprintf("not delivered after %s (%d attempts); next attempt %s", delayWarning, rc.Attempts,
+					next.UTC().Format(time.RFC3339))}
+			if _, err := s.appendEvent(tx, st, m, idx, rc, dl); err != nil {
+				return err
+			}
 		}
 		if err := putRcpt(tx, id, idx, rc); err != nil {
 			return err

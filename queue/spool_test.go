@@ -27,7 +27,7 @@ func TestBatchReplayIsPure(t *testing.T) {
 	if err := s.Enqueue(ctx, m, []byte("x\r\n")); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.record(ctx, m.ID, 1, Result{Status: StatusSent, Code: 250}, nil); err != nil {
+	if err := s.record(ctx, m.ID, 1, Result{Status: StatusSent, Code: 250}, nil, 0); err != nil {
 		t.Fatal(err)
 	}
 	// Hold the committer inside a transaction so the next writes queue up

@@ -128,7 +128,28 @@ type Event struct {
 	Attempt int `json:"attempt,omitempty"`
 	// Delay is the time from acceptance to this event.
 	Delay Duration `json:"delay,omitempty"`
+	// Addr is the ip:port of the MX host of a relay attempt.
+	Addr string `json:"addr,omitempty"`
+	// TLS is the protocol version of the attempt's session ("TLS 1.3"), or
+	// "plain" when it was not encrypted; "" when no session was made.
+	TLS string `json:"tls,omitempty"`
+	// TLSCipher is the cipher suite of an encrypted session.
+	TLSCipher string `json:"tls_cipher,omitempty"`
+	// Duration is how long the delivery attempt took.
+	Duration Duration `json:"duration,omitempty"`
+	// Type names an event that is not a status change: "delayed" (the
+	// recipient is still not delivered after relay.delay_warning; its
+	// status stays deferred). "" for status changes and notes.
+	Type string `json:"type,omitempty"`
 }
+
+// EventDelayed is the Type of the one event a recipient gets when it is
+// still not delivered after the delay warning time.
+const EventDelayed = "delayed"
+
+// JSON promise: the JSON objects of Message, Recipient, Event and
+// SummaryRow (and the CLI's -json output built from them) only ever gain
+// fields; a field is never renamed, removed or given another meaning.
 
 // Duration is a time.Duration that reads and writes as seconds in JSON.
 type Duration time.Duration

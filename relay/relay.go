@@ -152,6 +152,10 @@ type Result struct {
 	Stage string
 	DNS   string // for DNS failures: "nxdomain", "nullmx", "noaddress", "servfail", "timeout"; else ""
 	TLS   bool   // the session that gave the answer used STARTTLS
+	// TLSVersion and TLSCipher name the negotiated protocol and cipher suite
+	// of that session ("TLS 1.3", "TLS_AES_128_GCM_SHA256"); "" in plain text.
+	TLSVersion string
+	TLSCipher  string
 	// Loop is set when the remote host greeted or answered EHLO with one of
 	// this host's own names (Options.Hostname, OwnNames): the mail would
 	// loop back to ourselves. Outcome is Permanent, EnhancedCode 5.4.6,

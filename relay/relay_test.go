@@ -567,12 +567,17 @@ func TestSTARTTLS(t *testing.T) {
 	if got.Outcome != Sent || !got.TLS {
 		t.Fatalf("Deliver = %+v, want sent over TLS", got)
 	}
+	// The sink's config allows TLS 1.3, which Go negotiates by default; its
+	// suites are the three TLS_AES/CHACHA20 ones.
+	if got.TLSVersion != "TLS 1.3" || !strings.HasPrefix(got.TLSCipher, "TLS_") || strings.HasPrefix(got.TLSCipher, "0x") {
+		t.Errorf("TLS details = %q %q, want TLS 1.3 and a named suite", got.TLSVersion, got.TLSCipher)
+	}
 	msgs := e.sink.messages()
 	if len(msgs) != 1 || !msgs[0].TLS || !bytes.Equal(msgs[0].Data, Bytes(testBody)) {
 		t.Errorf("sink got %+v, want the message over TLS", msgs)
 	}
 	// The pooled TLS connection is reused.
-	if got := e.deliver(t, "b@example.test"); got.Outcome != Sent || !got.TLS {
+	if got := e.deliver(t, "b@example.test"); got.Outcome != Sent || !got.TLS || got.TLSVersion != "TLS 1.3" {
 		t.Fatalf("second Deliver = %+v, want sent over TLS", got)
 	}
 	if c := e.sink.connections(); c != 1 {
@@ -583,7 +588,7 @@ func TestSTARTTLS(t *testing.T) {
 func TestSTARTTLSHandshakeFailureFallsBack(t *testing.T) {
 	e := setup(t, withBrokenTLS, nil)
 	got := e.deliver(t, "a@example.test")
-	if got.Outcome != Sent || got.TLS {
+	if got.Outcome != Sent || got.TLS || got.TLSVersion != "" || got.TLSCipher != "" {
 		t.Fatalf("Deliver = %+v, want sent in plain text", got)
 	}
 	if c := e.sink.connections(); c != 2 {

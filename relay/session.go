@@ -41,6 +41,8 @@ type session struct {
 	host      string
 	addr      string
 	tls       bool
+	tlsVer    string // tls.VersionName of the session, "" in plain text
+	tlsCipher string // tls.CipherSuiteName of the session
 	idleSince time.Time
 }
 
@@ -340,7 +342,9 @@ func (r *Relay) connect(ctx context.Context, name, addr string, env envelope, us
 			if l := wc2.replyLine(); r.isOwnName(replyName(l)) {
 				return loop(StageEHLO, l)
 			}
-			s = &session{c: c2, conn: wc2, raw: raw, host: name, addr: addr, tls: true}
+			cs := tc.ConnectionState()
+			s = &session{c: c2, conn: wc2, raw: raw, host: name, addr: addr, tls: true,
+				tlsVer: tls.VersionName(cs.Version), tlsCipher: tls.CipherSuiteName(cs.CipherSuite)}
 		}
 	}
 	r.log.Debug("relay: connected", "mx", name, "addr", addr, "tls", s.tls)
@@ -416,7 +420,7 @@ func (r *Relay) transact(ctx context.Context, s *session, env envelope, reused b
 	}()
 	fail := func(stage string, err error) Result {
 		res := errResult(stage, err)
-		res.Host, res.Addr, res.TLS = s.host, s.addr, s.tls
+		res.Host, res.Addr, res.TLS, res.TLSVersion, res.TLSCipher = s.host, s.addr, s.tls, s.tlsVer, s.tlsCipher
 		var se *smtp.SMTPError
 		if !errors.As(err, &se) || se.Code == 421 {
 			healthy = false // network error, or the server is closing
@@ -435,7 +439,8 @@ func (r *Relay) transact(ctx context.Context, s *session, env envelope, reused b
 	if ok, _ := s.c.Extension("SMTPUTF8"); ok && env.wantUTF8 {
 		opts = &smtp.MailOptions{UTF8: true}
 	} else if env.needUTF8 {
-		return Result{Outcome: Permanent, Host: s.host, Addr: s.addr, TLS: s.tls, Stage: StageMail, EnhancedCode: "5.6.7",
+		return Result{Outcome: Permanent, Host: s.host, Addr: s.addr, TLS: s.tls, TLSVersion: s.tlsVer, TLSCipher: s.tlsCipher,
+			Stage: StageMail, EnhancedCode: "5.6.7",
 			Text: fmt.Sprintf("SMTPUTF8 is required, but was not offered by host %s[%s]", s.host, s.addr)}, false
 	}
 	if err := s.conn.check(s.c.Mail(env.from, opts)); err != nil {
@@ -464,7 +469,7 @@ func (r *Relay) transact(ctx context.Context, s *session, env envelope, reused b
 	}
 	res = replyResult(parseReply(250, resp.StatusText))
 	res.Outcome, res.Stage, res.Phase = Sent, StageEndOfData, vocab.PhaseEndOfData
-	res.Host, res.Addr, res.TLS = s.host, s.addr, s.tls
+	res.Host, res.Addr, res.TLS, res.TLSVersion, res.TLSCipher = s.host, s.addr, s.tls, s.tlsVer, s.tlsCipher
 	return res, false
 }
 

@@ -28,6 +28,7 @@ HERMOD_PID=
 SINK_PID=
 DNS_PID=
 TAIL_PID=
+GREY_PID=
 
 ok() { echo "ok - $*"; PASS=$((PASS + 1)); }
 notok() {
@@ -71,6 +72,7 @@ cleanup() {
 	local rc=$?
 	set +e
 	stop_pid "$TAIL_PID"
+	stop_pid "$GREY_PID"
 	stop_pid "$HERMOD_PID"
 	stop_pid "$SINK_PID"
 	stop_pid "$DNS_PID"
@@ -248,6 +250,7 @@ dkim_domain = "makeleaps.test"
 resolvers = ["127.0.0.1:$DNSPORT"]
 retry = ["1s"]
 connect_timeout = "5s"
+delay_warning = "3s"
 
 [[relay.route]]
 domain = "*"
@@ -782,6 +785,86 @@ dups() {
 DIAG=
 dups || printf '# note: %s\n' "$DIAG"
 DIAG=
+
+# ---------------------------------------------------------------------------
+# n. postmaster views (issue 14): queue summary, every attempt in queue
+# show, -json, relay.delay_warning ("3s" above: one delayed event)
+
+# A second smtp-sink that greylists every RCPT, routed for grey.test (SIGHUP).
+GREYPORT=$("$PY" -P -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+/usr/sbin/smtp-sink -u nobody -r rcpt -b "451 4.7.1 greylisted, come back later" "127.0.0.1:$GREYPORT" 10 >>"$TMP/greysink.log" 2>&1 &
+GREY_PID=$!
+wait_until 10 bash -c "exec 3<>/dev/tcp/127.0.0.1/$GREYPORT" 2>/dev/null || notok "greylisting smtp-sink listens on 127.0.0.1:$GREYPORT"
+cat >>"$CONF" <<EOF
+
+[[relay.route]]
+domain = "grey.test"
+host = "127.0.0.1:$GREYPORT"
+EOF
+reloads() { grep -c "configuration reloaded" "$TMP/hermod.log" || true; }
+R0=$(reloads)
+kill -HUP "$HERMOD_PID"
+reloaded() { [ "$(reloads)" -gt "$R0" ]; }
+check "SIGHUP reloads the route for grey.test" eval 'wait_until 10 reloaded || diag "no reload logged"'
+GID=
+submit_grey() {
+	sub "$TMP/sg.txt" --from member@customer.test --to grey1@grey.test,grey2@grey.test \
+		--header 'X-Hermod-Ref: grey-1' --body "greylisted $RUN" || diag "swaks failed: $(tail -n 5 "$TMP/sg.txt")" || return 1
+	GID=$(queued_id "$TMP/sg.txt")
+	[ -n "$GID" ] || diag "no queue id in: $(grep -- '<-' "$TMP/sg.txt" | tail -n 3)"
+}
+check "a message to two greylisted recipients is accepted" submit_grey
+# jcheck EXPR: reads one JSON object from stdin as d; succeeds if the Python expression holds.
+jcheck() { "$PY" -P -c 'import json, sys; d = json.loads(sys.stdin.read()); sys.exit(0 if eval(sys.argv[1]) else 1)' "$1"; }
+summary_grey() {
+	local out line
+	out=$(hq queue summary 2>&1) || diag "$out" || return 1
+	line=$(grep -E '^grey\.test ' <<<"$out") || true
+	[[ "$line" =~ ^grey\.test\ +0\ +2\ +0\ +[0-9]+[smhd][0-9smh]*\ +2×\ 451\ 4\.7\.1\ greylisted,\ come\ back\ later$ ]] || diag "$out"
+}
+check "hermod queue summary: grey.test 0 queued, 2 deferred, 0 held, oldest age, 2× 451 4.7.1 greylisted, come back later" \
+	eval 'wait_until 15 summary_grey'
+check "hermod queue summary -by mx -json names 127.0.0.1 with the 2 deferred recipients" \
+	eval 'out=$(hq queue summary -by mx -json 2>&1) && jcheck "any(r[\"key\"] == \"127.0.0.1\" and r[\"deferred\"] == 2 for r in d[\"rows\"])" <<<"$out" || diag "$out"'
+check "GET /v1/queue/summary?by=account lists the waiting recipients" \
+	eval 'out=$(api "/v1/queue/summary?by=account") && jcheck "d[\"by\"] == \"account\" and sum(r[\"deferred\"] for r in d[\"rows\"]) >= 2" <<<"$out" || diag "$out"'
+attempt_lines() {
+	local out n
+	out=$(hq queue show "$GID" 2>&1) || diag "$out" || return 1
+	n=$(grep -cE "^    #1 [0-9T:.-]+ 127\.0\.0\.1\[127\.0\.0\.1:$GREYPORT\] plain deferred 451 4\.7\.1 greylisted, come back later took [0-9.]+(µs|ms|s)$" <<<"$out") || true
+	[ "$n" -eq 2 ] || diag "$out"
+}
+check "hermod queue show lists each attempt: time, MX[IP:port], plain, deferred 451 4.7.1 text, duration" \
+	eval '[ -n "$GID" ] && attempt_lines'
+# Both recipients past 3 s and retried a few times since: exactly one
+# delayed event each, status still deferred.
+tried_5() { hq status "$GID" -json 2>/dev/null | jcheck 'all(r["attempts"] >= 5 for r in d["recipients"])'; }
+delayed_once() {
+	local out
+	out=$(hq queue show "$GID" -json 2>&1) || diag "$out" || return 1
+	jcheck '[sum(1 for e in r["events"] if e.get("type") == "delayed") for r in d["recipients"]] == [1, 1] and all(e["status"] == "deferred" for r in d["recipients"] for e in r["events"] if e.get("type") == "delayed") and all(r["status"] == "deferred" for r in d["recipients"])' <<<"$out" || diag "$out"
+}
+check "relay.delay_warning: each recipient gets exactly one delayed event after 3 s and stays deferred" \
+	eval '[ -n "$GID" ] && { wait_until 20 tried_5 || diag "fewer than 5 attempts"; } && delayed_once'
+check "hermod queue show names the delayed event (event=delayed)" \
+	eval 'out=$(hq queue show "$GID" 2>&1) && [ "$(grep -c "status=deferred, event=delayed" <<<"$out")" -eq 2 ] || diag "$out"'
+tail_json() {
+	local out
+	out=$(hq queue tail -json -n 100000 2>&1) || diag "$out" || return 1
+	"$PY" -P -c '
+import json, sys
+gid = sys.argv[1]
+evs = [json.loads(l) for l in sys.stdin.read().splitlines()]
+mine = [e for e in evs if e["message_id"] == gid]
+ok = mine and sum(1 for e in mine if e.get("type") == "delayed") == 2 and all("seq" in e and "status" in e for e in evs)
+sys.exit(0 if ok else 1)' "$GID" <<<"$out" || diag "$(tail -n 3 <<<"$out")"
+}
+check "hermod queue tail -json prints one JSON event per line, the delayed ones among them" tail_json
+check "hermod status -json and queue ls -json print one JSON object each" \
+	eval 'out=$(hq status "$GID" -json) && jcheck "d[\"id\"] == \"$GID\" and d[\"recipients\"][0][\"message\"][\"en\"] == \"Waiting for the result\"" <<<"$out" && out=$(hq queue ls -json -status deferred) && jcheck "\"$GID\" in [m[\"id\"] for m in d[\"messages\"]] and \"deferred\" in d[\"counts\"]" <<<"$out" || diag "$out"'
+if [ -n "$GID" ]; then hq queue delete "$GID" >/dev/null 2>&1 || true; fi
+stop_pid "$GREY_PID"
+GREY_PID=
 
 # ---------------------------------------------------------------------------
 # m. SIGTERM

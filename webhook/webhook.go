@@ -72,7 +72,8 @@ type Endpoint struct {
 	// Secret is the HMAC key of X-Hermod-Signature. Required.
 	Secret []byte
 	// Events lists the statuses sent (queued, deferred, sent, bounced,
-	// suppressed) or "*" for all; empty means all.
+	// suppressed), "delayed" (the one delay warning of a recipient), or "*"
+	// for all; empty means all.
 	Events []string
 }
 
@@ -201,7 +202,7 @@ func (o *Outbox) SetEndpoints(eps []Endpoint) error {
 			switch {
 			case s == "*":
 				ep.all = true
-			case queue.Status(s).Valid():
+			case queue.Status(s).Valid() || s == queue.EventDelayed:
 				ep.match[queue.Status(s)] = true
 			default:
 				return fmt.Errorf("webhook: endpoint %s: unknown event %q", e.Name, s)
@@ -280,7 +281,7 @@ func (o *Outbox) EnqueueTx(tx *bolt.Tx, ev queue.Event) error {
 	o.mu.Lock()
 	var ids [][]byte
 	for _, ep := range o.endpoints {
-		if ep.all || ep.match[ev.Status] {
+		if ep.all || ep.match[matchKey(ev)] {
 			ids = append(ids, ep.id)
 		}
 	}
@@ -349,7 +350,7 @@ func (o *Outbox) AppendEvents(events []queue.Event) error {
 	matched := false
 	for _, ev := range events {
 		for _, ep := range o.endpoints {
-			if ep.all || ep.match[ev.Status] {
+			if ep.all || ep.match[matchKey(ev)] {
 				matched = true
 			}
 		}
@@ -663,4 +664,13 @@ func (o *Outbox) idleWait() time.Duration {
 		}
 	}
 	return wait
+}
+
+// matchKey is what an endpoint's Events are matched against: the event's
+// Type ("delayed") when it has one, else its status.
+func matchKey(ev queue.Event) queue.Status {
+	if ev.Type != "" {
+		return queue.Status(ev.Type)
+	}
+	return ev.Status
 }

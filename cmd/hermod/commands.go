@@ -91,12 +91,12 @@ func (c *cli) client(path string) (*api.Client, error) {
 
 func (c *cli) queueCmd(args []string) error {
 	if len(args) == 0 {
-		return usageError("usage: hermod queue ls|show|tail|retry|delete")
+		return usageError("usage: hermod queue ls|show|summary|tail|retry|delete")
 	}
 	switch args[0] {
-	case "ls", "show", "tail", "retry", "delete":
+	case "ls", "show", "summary", "tail", "retry", "delete":
 	default:
-		return usageError("unknown queue command %q: use ls, show, tail, retry or delete", args[0])
+		return usageError("unknown queue command %q: use ls, show, summary, tail, retry or delete", args[0])
 	}
 	fs, path := c.flags("queue " + args[0])
 	status := fs.String("status", "", "only messages with a recipient in this status")
@@ -104,6 +104,8 @@ func (c *cli) queueCmd(args []string) error {
 	before := fs.String("before", "", "page cursor (a message id)")
 	follow := fs.Bool("f", false, "follow: keep printing new events")
 	n := fs.Int("n", 20, "events to show before following")
+	asJSON := fs.Bool("json", false, "print JSON (one object per line; fields are only added)")
+	by := fs.String("by", queue.SummaryByDomain, "summary: group by domain, account or mx")
 	pos, err := parse(fs, args[1:])
 	if err != nil {
 		return err
@@ -139,6 +141,9 @@ func (c *cli) queueCmd(args []string) error {
 		if err := cl.Do(ctx, "GET", "/v1/queue", q, nil, &out); err != nil {
 			return err
 		}
+		if *asJSON {
+			return c.writeJSON(out)
+		}
 		tw := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "ID\tRECEIVED\tSIZE\tFROM\tRECIPIENT\tSTATUS\tATTEMPTS\tLAST REPLY")
 		for _, m := range out.Messages {
@@ -166,6 +171,9 @@ func (c *cli) queueCmd(args []string) error {
 		if err := cl.Do(ctx, "GET", "/v1/messages/"+id, nil, nil, &m); err != nil {
 			return err
 		}
+		if *asJSON {
+			return c.writeJSON(m)
+		}
 		c.printMessage(m, true)
 		return nil
 	case "retry", "delete":
@@ -188,14 +196,16 @@ func (c *cli) queueCmd(args []string) error {
 		}
 		fmt.Fprintf(c.stdout, "%s: deleted\n", id)
 		return nil
+	case "summary":
+		return c.queueSummary(ctx, cl, *by, *asJSON)
 	case "tail":
-		return c.tail(ctx, cl, *n, *follow)
+		return c.tail(ctx, cl, *n, *follow, *asJSON)
 	}
 	return usageError("unknown queue command %q", args[0])
 }
 
 // tail prints the last n events, then follows the stream with long polls.
-func (c *cli) tail(ctx context.Context, cl *api.Client, n int, follow bool) error {
+func (c *cli) tail(ctx context.Context, cl *api.Client, n int, follow, asJSON bool) error {
 	type page struct {
 		Events []api.EventView `json:"events"`
 		Next   uint64          `json:"next"`
@@ -218,6 +228,12 @@ func (c *cli) tail(ctx context.Context, cl *api.Client, n int, follow bool) erro
 			return err
 		}
 		for _, ev := range p.Events {
+			if asJSON {
+				if err := c.writeJSON(ev); err != nil {
+					return err
+				}
+				continue
+			}
 			fmt.Fprintln(c.stdout, formatEvent(ev.Event))
 		}
 		after = p.Next
@@ -234,6 +250,9 @@ func (c *cli) tail(ctx context.Context, cl *api.Client, n int, follow bool) erro
 func formatEvent(ev queue.Event) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s %s: to=<%s>, status=%s", ev.Time.Local().Format("2006-01-02T15:04:05.000"), ev.MessageID, ev.Recipient, ev.Status)
+	if ev.Type != "" {
+		fmt.Fprintf(&b, ", event=%s", ev.Type)
+	}
 	if ev.Host != "" {
 		fmt.Fprintf(&b, ", relay=%s", ev.Host)
 	}
@@ -288,6 +307,16 @@ func (c *cli) printMessage(m api.MessageView, events bool) {
 			fmt.Fprintf(c.stdout, "  remote: %s %s %s %s\n", r.Host, codeStr(r.Code), r.EnhancedCode, oneLine(r.Remote, 300))
 		}
 		if events {
+			header := false
+			for _, ev := range r.Events {
+				if isAttempt(ev.Event) {
+					if !header {
+						fmt.Fprintf(c.stdout, "  attempts:\n")
+						header = true
+					}
+					fmt.Fprintf(c.stdout, "    %s\n", formatAttempt(ev.Event))
+				}
+			}
 			for _, ev := range r.Events {
 				fmt.Fprintf(c.stdout, "  %s\n", formatEvent(ev.Event))
 			}
@@ -297,6 +326,7 @@ func (c *cli) printMessage(m api.MessageView, events bool) {
 
 func (c *cli) status(args []string) error {
 	fs, path := c.flags("status")
+	asJSON := fs.Bool("json", false, "print JSON (one object; fields are only added)")
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err
@@ -311,6 +341,12 @@ func (c *cli) status(args []string) error {
 	var m api.MessageView
 	if err := cl.Do(context.Background(), "GET", "/v1/messages/"+pos[0], nil, nil, &m); err != nil {
 		return err
+	}
+	if *asJSON {
+		for i := range m.Recipients {
+			m.Recipients[i].Events = nil // status is the per-recipient state; queue show -json has the history
+		}
+		return c.writeJSON(m)
 	}
 	c.printMessage(m, false)
 	return nil
