@@ -342,12 +342,20 @@ func (s *Store) moveStatus(tx *bolt.Tx, st *txState, m *msgRecord, idx int, r *r
 		}
 		return false, nil
 	}
-	if !checkDone || !m.Finished.IsZero() {
+	if status == StatusHeld && !m.Finished.IsZero() {
+		// Held is not final: the message is not finished (never purged).
+		if err := tx.Bucket(bucketFinished).Delete(timeKey(m.Finished, m.ID)); err != nil {
+			return false, err
+		}
+		m.Finished = time.Time{}
+		return true, nil
+	}
+	if status == StatusHeld || !checkDone || !m.Finished.IsZero() {
 		return false, nil
 	}
 	done := true
 	err = forEachRcpt(tx, m.ID, func(i int, other *rcptRecord) error {
-		if i != idx && (other.Status == "" || other.Status.Pending()) {
+		if i != idx && (other.Status == "" || other.Status.Open()) {
 			done = false
 		}
 		return nil

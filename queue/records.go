@@ -85,6 +85,8 @@ type rcptRecord struct {
 	NextAttempt  time.Time `json:"next_attempt,omitempty"`
 	// LastSeq is the sequence number of the recipient's newest event.
 	LastSeq uint64 `json:"last_seq"`
+	// HeldFrom is the pending status a held recipient returns to when released.
+	HeldFrom Status `json:"held_from,omitempty"`
 }
 
 // Destination is what the scheduler limits connections by: the recipient's
