@@ -381,3 +381,28 @@ func TestBulkRetryAndDelete(t *testing.T) {
 		t.Errorf("check after bulk actions: %+v", rep)
 	}
 }
+
+// TestHoldLastOpenRecipient: holding the only recipient of a message that
+// is not final yet does not finish the message (held is not final), so
+// retention never purges it.
+func TestHoldLastOpenRecipient(t *testing.T) {
+	s := openStore(t, filepath.Join(t.TempDir(), "q.db"), nil)
+	defer s.Close()
+	ctx := context.Background()
+	m := newMessage("wait@a.test", "done@a.test")
+	if err := s.Enqueue(ctx, m, []byte("x\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.record(ctx, m.ID, 1, Result{Status: StatusSent, Code: 250}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if res, err := s.Bulk(ctx, ActionHold, Filter{Rcpt: "wait@a.test"}, false, 0); err != nil || res.Recipients != 1 {
+		t.Fatalf("hold: %+v %v", res, err)
+	}
+	if got, _ := s.Get(m.ID); !got.Finished.IsZero() {
+		t.Errorf("message finished at %v with a held recipient", got.Finished)
+	}
+	if n, _ := s.Purge(ctx, time.Now().Add(24*time.Hour), 10); n != 0 {
+		t.Errorf("purge removed %d messages, want 0", n)
+	}
+}

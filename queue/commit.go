@@ -342,14 +342,7 @@ func (s *Store) moveStatus(tx *bolt.Tx, st *txState, m *msgRecord, idx int, r *r
 		}
 		return false, nil
 	}
-	if status == StatusHeld && !m.Finished.IsZero() {
-		// Held is not final: the message is not finished (never purged).
-		if err := tx.Bucket(bucketFinished).Delete(timeKey(m.Finished, m.ID)); err != nil {
-			return false, err
-		}
-		m.Finished = time.Time{}
-		return true, nil
-	}
+	// Held is not final: holding a recipient never finishes its message.
 	if status == StatusHeld || !checkDone || !m.Finished.IsZero() {
 		return false, nil
 	}
