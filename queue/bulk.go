@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -179,6 +180,23 @@ func (c *compiled) matchRcpt(r *rcptRecord) bool {
 		}
 	}
 	return true
+}
+
+// ParseAge reads an age for Filter.OlderThan: a Go duration ("90m",
+// "6h30m") or a whole number of days ("2d").
+func ParseAge(s string) (time.Duration, error) {
+	if n, ok := strings.CutSuffix(s, "d"); ok {
+		days, err := strconv.Atoi(n)
+		if err != nil || days < 0 || days > 3650 {
+			return 0, fmt.Errorf("%w: age %q: days must be a whole number from 0 to 3650", ErrBadFilter, s)
+		}
+		return time.Duration(days) * 24 * time.Hour, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, fmt.Errorf("%w: age %q: %w", ErrBadFilter, s, err)
+	}
+	return d, nil
 }
 
 // BulkItem is one recipient a bulk action changed (or would change).

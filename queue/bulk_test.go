@@ -406,3 +406,16 @@ func TestHoldLastOpenRecipient(t *testing.T) {
 		t.Errorf("purge removed %d messages, want 0", n)
 	}
 }
+
+func TestParseAge(t *testing.T) {
+	for in, want := range map[string]time.Duration{"2d": 48 * time.Hour, "90m": 90 * time.Minute, "0d": 0, "1h30m": 90 * time.Minute} {
+		if got, err := ParseAge(in); err != nil || got != want {
+			t.Errorf("ParseAge(%q) = %v, %v; want %v", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "d", "1.5d", "-1d", "soon", "99999d"} {
+		if _, err := ParseAge(in); !errors.Is(err, ErrBadFilter) {
+			t.Errorf("ParseAge(%q): %v, want ErrBadFilter", in, err)
+		}
+	}
+}
