@@ -2,6 +2,7 @@ package api
 
 import (
 	"errors"
+	"fmt"
 	"net/http"
 
 	"github.com/hermod-mta/hermod/queue"
@@ -31,7 +32,7 @@ func (b *BulkRequest) Filter() (queue.Filter, error) {
 	if b.OlderThan != "" {
 		d, err := queue.ParseAge(b.OlderThan)
 		if err != nil {
-			return f, err
+			return f, fmt.Errorf("older_than: %w", err)
 		}
 		f.OlderThan = d
 	}

@@ -91,7 +91,10 @@ func (c *cli) client(path string) (*api.Client, error) {
 
 func (c *cli) queueCmd(args []string) error {
 	if len(args) == 0 {
-		return usageError("usage: hermod queue ls|show|tail|retry|delete")
+		return usageError("usage: hermod queue ls|show|tail|retry|delete|hold|release")
+	}
+	if isBulk(args) {
+		return c.bulkCmd(args) // bulk.go
 	}
 	switch args[0] {
 	case "ls", "show", "tail", "retry", "delete":
