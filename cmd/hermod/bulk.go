@@ -12,19 +12,34 @@ import (
 )
 
 // isBulk reports whether a queue subcommand line is a bulk action: hold and
-// release always; retry and delete with filters or more than one id (one
-// id alone keeps the message endpoints and their output).
+// release always; retry and delete with a filter flag or other than one id
+// (one id alone keeps the message endpoints and their output).
 func isBulk(args []string) bool {
 	switch args[0] {
 	case "hold", "release":
 		return true
 	case "retry", "delete":
-		if len(args) != 2 {
-			return true
-		}
-		return strings.HasPrefix(args[1], "-")
+	default:
+		return false
 	}
-	return false
+	ids := 0
+	for i := 1; i < len(args); i++ {
+		a := args[i]
+		if !strings.HasPrefix(a, "-") {
+			ids++
+			continue
+		}
+		name, _, hasValue := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		switch name {
+		case "account", "domain", "status", "older-than", "rcpt", "ref", "dry-run", "sample":
+			return true
+		case "config":
+			if !hasValue {
+				i++ // its value
+			}
+		}
+	}
+	return ids != 1
 }
 
 // bulkCmd runs hermod queue hold|release|retry|delete [ID...] [filters]

@@ -61,3 +61,15 @@ func TestCLIBulkAgainstDaemon(t *testing.T) {
 	e.refused(t, "never changes a recipient that is sent", "queue", "hold", "-status", "sent")
 	e.refused(t, `older_than: queue: bad filter: age "soon"`, "queue", "retry", "-older-than", "soon")
 }
+
+func TestIsBulk(t *testing.T) {
+	for line, want := range map[string]bool{
+		"hold ID": true, "release -ref r": true, "retry ID": false, "retry ID -config f": false,
+		"delete -config f ID": false, "delete --config=f ID": false, "retry ID1 ID2": true, "retry -domain d": true,
+		"delete ID -dry-run": true, "delete": true, "retry -status=deferred": true, "ls": false, "show ID": false,
+	} {
+		if got := isBulk(strings.Fields(line)); got != want {
+			t.Errorf("isBulk(%q) = %v, want %v", line, got, want)
+		}
+	}
+}
