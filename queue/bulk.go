@@ -313,60 +313,72 @@ func (s *Store) Bulk(ctx context.Context, action BulkAction, filter Filter, dryR
 	return res, nil
 }
 
-// bulkTargets reads, in one read transaction, the recipients the action
-// would change, in message id order.
+// bulkTargets reads the recipients the action would change, in message id
+// order: the candidate ids from the status index in one read transaction
+// (keys only), then the records in read transactions of bulkChunk
+// messages each, so that a large queue never holds one open for long.
 func (s *Store) bulkTargets(action BulkAction, c *compiled) ([]BulkItem, error) {
-	var out []BulkItem
-	err := s.db.View(func(tx *bolt.Tx) error {
-		visit := func(id string) error {
-			m, err := getMsg(tx, id)
-			if errors.Is(err, ErrNotFound) {
-				return nil
-			} else if err != nil {
-				return err
-			}
-			if !c.matchMsg(m) {
-				return nil
-			}
-			return forEachRcpt(tx, id, func(idx int, r *rcptRecord) error {
-				if action.eligible(r.Status) && c.matchRcpt(r) {
-					out = append(out, BulkItem{ID: id, Index: idx, Address: r.Address, Account: m.Account,
-						Status: r.Status, Received: m.Received})
+	var ids []string
+	if c.ids != nil {
+		ids = sortedKeys(c.ids)
+	} else {
+		// Every recipient an action changes is open, so the status index
+		// of the open statuses finds every candidate message.
+		set := map[string]bool{}
+		err := s.db.View(func(tx *bolt.Tx) error {
+			for _, st := range []Status{StatusQueued, StatusDeferred, StatusHeld} {
+				if !action.eligible(st) || (c.Status != "" && c.Status != st) {
+					continue
 				}
-				return nil
-			})
+				p := indexKey(string(st), "")
+				cur := tx.Bucket(bucketByStatus).Cursor()
+				for k, _ := cur.Seek(p); k != nil && bytes.HasPrefix(k, p); k, _ = cur.Next() {
+					if len(k) == len(p)+16+2 {
+						set[string(k[len(p):len(p)+16])] = true
+					}
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, err
 		}
-		if c.ids != nil {
-			for _, id := range sortedKeys(c.ids) {
-				if err := visit(id); err != nil {
+		ids = sortedKeys(set)
+	}
+	var out []BulkItem
+	for len(ids) > 0 {
+		n := min(len(ids), bulkChunk)
+		page := ids[:n]
+		ids = ids[n:]
+		err := s.db.View(func(tx *bolt.Tx) error {
+			for _, id := range page {
+				m, err := getMsg(tx, id)
+				if errors.Is(err, ErrNotFound) {
+					continue
+				} else if err != nil {
+					return err
+				}
+				if !c.matchMsg(m) {
+					continue
+				}
+				err = forEachRcpt(tx, id, func(idx int, r *rcptRecord) error {
+					if action.eligible(r.Status) && c.matchRcpt(r) {
+						out = append(out, BulkItem{ID: id, Index: idx, Address: r.Address, Account: m.Account,
+							Status: r.Status, Received: m.Received})
+					}
+					return nil
+				})
+				if err != nil {
 					return err
 				}
 			}
 			return nil
+		})
+		if err != nil {
+			return nil, err
 		}
-		// Every recipient an action changes is open, so the status index
-		// of the open statuses finds every candidate message.
-		ids := map[string]bool{}
-		for _, st := range []Status{StatusQueued, StatusDeferred, StatusHeld} {
-			if !action.eligible(st) || (c.Status != "" && c.Status != st) {
-				continue
-			}
-			p := indexKey(string(st), "")
-			cur := tx.Bucket(bucketByStatus).Cursor()
-			for k, _ := cur.Seek(p); k != nil && bytes.HasPrefix(k, p); k, _ = cur.Next() {
-				if len(k) == len(p)+16+2 {
-					ids[string(k[len(p):len(p)+16])] = true
-				}
-			}
-		}
-		for _, id := range sortedKeys(ids) {
-			if err := visit(id); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	return out, err
+	}
+	return out, nil
 }
 
 func sortedKeys(m map[string]bool) []string {

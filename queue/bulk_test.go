@@ -419,3 +419,36 @@ func TestParseAge(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkBulk10k: a dry run and a hold over 10000 queued messages, half
+// of them matching by domain.
+func BenchmarkBulk10k(b *testing.B) {
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		s, err := Open(filepath.Join(b.TempDir(), "q.db"), Options{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		ctx := context.Background()
+		for j := 0; j < 10000; j++ {
+			dom := []string{"a.test", "b.test"}[j%2]
+			if err := s.Enqueue(ctx, newMessage("r@"+dom), []byte("x\r\n")); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.StartTimer()
+		t0 := time.Now()
+		res, err := s.Bulk(ctx, ActionHold, Filter{Domain: "a.test"}, true, 0)
+		if err != nil || res.Recipients != 5000 {
+			b.Fatalf("dry run %+v %v", res, err)
+		}
+		t1 := time.Now()
+		if res, err = s.Bulk(ctx, ActionHold, Filter{Domain: "a.test"}, false, 0); err != nil || res.Recipients != 5000 {
+			b.Fatalf("hold %+v %v", res, err)
+		}
+		b.ReportMetric(float64(t1.Sub(t0).Milliseconds()), "dryrun-ms")
+		b.ReportMetric(float64(time.Since(t1).Milliseconds()), "hold-ms")
+		b.StopTimer()
+		s.Close()
+	}
+}
