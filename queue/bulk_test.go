@@ -452,3 +452,25 @@ func BenchmarkBulk10k(b *testing.B) {
 		s.Close()
 	}
 }
+
+// TestEnqueueHeld: a message accepted with a held recipient is not
+// finished and not due; release makes it due and it is delivered.
+func TestEnqueueHeld(t *testing.T) {
+	s := openStore(t, filepath.Join(t.TempDir(), "q.db"), nil)
+	defer s.Close()
+	ctx := context.Background()
+	m := newMessage("h@a.test")
+	m.Recipients[0].Status = StatusHeld
+	if err := s.Enqueue(ctx, m, []byte("x\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := s.Get(m.ID); !got.Finished.IsZero() || dueEntries(t, s, m.ID) != 0 || s.Counts()[StatusHeld] != 1 {
+		t.Fatalf("accepted held: finished %v, %d due entries, counts %v", got.Finished, dueEntries(t, s, m.ID), s.Counts())
+	}
+	stop := runRunner(t, s, newScripted())
+	defer stop()
+	if res, err := s.Bulk(ctx, ActionRelease, Filter{IDs: []string{m.ID}}, false, 0); err != nil || res.Recipients != 1 {
+		t.Fatalf("release: %+v %v", res, err)
+	}
+	waitStatus(t, s, m.ID, 0, StatusSent)
+}

@@ -112,3 +112,26 @@ func (c *cli) bulkCmd(args []string) error {
 	}
 	return nil
 }
+
+// printHeldNotes tells, for each held recipient of m, when its queue
+// lifetime (relay.max_age, from the configuration at path) ends or that it
+// has ended: a hold does not stop that clock.
+func (c *cli) printHeldNotes(m api.MessageView, path string) {
+	cfg, err := loadConfig(path)
+	if err != nil || cfg.Relay.MaxAge <= 0 {
+		return
+	}
+	end := m.Received.Add(cfg.Relay.MaxAge)
+	for _, r := range m.Recipients {
+		if r.Status != queue.StatusHeld {
+			continue
+		}
+		if time.Now().Before(end) {
+			fmt.Fprintf(c.stdout, "\nrecipient %d is held; its relay.max_age (%s) ends %s: released after that, its next temporary failure bounces it (expired)\n",
+				r.Index, cfg.Relay.MaxAge, end.Local().Format(time.RFC3339))
+		} else {
+			fmt.Fprintf(c.stdout, "\nrecipient %d is held past relay.max_age (%s, ended %s): released now, its next temporary failure bounces it (expired)\n",
+				r.Index, cfg.Relay.MaxAge, end.Local().Format(time.RFC3339))
+		}
+	}
+}

@@ -1,8 +1,10 @@
 package main
 
 import (
+	"context"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/emersion/go-smtp"
 
@@ -34,8 +36,25 @@ func TestCLIBulkAgainstDaemon(t *testing.T) {
 	if !strings.Contains(out, "2 recipient(s) in 2 message(s) held") {
 		t.Errorf("hold:\n%s", out)
 	}
-	if out := e.ok(t, "queue", "show", id2); !strings.Contains(out, "<"+slow+">: held") || !strings.Contains(out, "送信結果待ち") {
+	if out := e.ok(t, "queue", "show", id2); !strings.Contains(out, "<"+slow+">: held") || !strings.Contains(out, "送信結果待ち") ||
+		!strings.Contains(out, "recipient 0 is held; its relay.max_age (24h0m0s) ends ") {
 		t.Errorf("queue show of a held message:\n%s", out)
+	}
+	// A held message accepted two days ago is past max_age (24h): show says
+	// what release would do.
+	old := &queue.Message{ID: queue.NewID(time.Now()), MailFrom: "app@saas.test", Received: time.Now().Add(-48 * time.Hour),
+		Recipients: []*queue.Recipient{{Address: "old@slow.test", EnvelopeFrom: "b@m.makeleaps.test", Status: queue.StatusHeld}}}
+	if err := e.d.Store.Enqueue(context.Background(), old, []byte("x\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	if out := e.ok(t, "queue", "show", old.ID); !strings.Contains(out, "recipient 0 is held past relay.max_age (24h0m0s, ended ") {
+		t.Errorf("queue show of a held message past max_age:\n%s", out)
+	}
+	if out := e.ok(t, "queue", "hold", "-rcpt", "old@slow.test", "-dry-run"); !strings.Contains(out, "0 recipient(s)") {
+		t.Errorf("hold of a held recipient:\n%s", out)
+	}
+	if out := e.ok(t, "queue", "release", "-rcpt", "old@slow.test", "-dry-run"); !strings.Contains(out, "1 listed recipient(s) are past relay.max_age (24h0m0s)") {
+		t.Errorf("release -dry-run of a recipient past max_age:\n%s", out)
 	}
 	// The destination accepts again; only the released message goes.
 	e.mx.Refuse(slow, nil)

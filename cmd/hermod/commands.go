@@ -170,6 +170,7 @@ func (c *cli) queueCmd(args []string) error {
 			return err
 		}
 		c.printMessage(m, true)
+		c.printHeldNotes(m, *path) // bulk.go
 		return nil
 	case "retry", "delete":
 		id, err := needID()
