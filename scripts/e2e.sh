@@ -839,9 +839,11 @@ bk_hold() {
 	for i in 0 1 2; do
 		status_is "${BK_IDS[$i]}" "bk$((i + 1))@hold.test" held || diag "bk$((i + 1)): $(status_of "${BK_IDS[$i]}" "bk$((i + 1))@hold.test")" || return 1
 	done
-	hq status "${BK_IDS[0]}" | grep -qF 送信結果待ち || diag "$(hq status "${BK_IDS[0]}")"
+	hq status "${BK_IDS[0]}" | grep -qF 送信結果待ち || diag "$(hq status "${BK_IDS[0]}")" || return 1
+	hq queue show "${BK_IDS[0]}" | grep -qE "^recipient 0 is held; its relay.max_age \([0-9hms]+\) ends " ||
+		diag "queue show: $(hq queue show "${BK_IDS[0]}" | tail -n 3)"
 }
-check "hermod queue hold puts them on hold: status held, wording 送信結果待ち" bk_hold
+check "hermod queue hold puts them on hold: status held, wording 送信結果待ち, queue show says when max_age ends" bk_hold
 
 # attempts_of ID: the attempts of the first recipient, from the API.
 attempts_of() {
