@@ -71,6 +71,7 @@ func New(opts Options) *Server {
 	m.HandleFunc("POST /v1/messages/{id}/retry", s.retryMessage)
 	m.HandleFunc("GET /v1/queue", s.listQueue)
 	m.HandleFunc("GET /v1/queue/summary", s.queueSummary)
+	s.bulkRoutes(m) // POST /v1/queue/{hold,release,retry,delete} (bulk.go)
 	m.HandleFunc("GET /v1/events", s.events)
 	m.HandleFunc("PUT /v1/accounts/{id}", s.putAccount)
 	m.HandleFunc("GET /v1/accounts/{id}", s.getAccount)

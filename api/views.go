@@ -23,7 +23,7 @@ func StatusWording(s queue.Status) Wording {
 	case queue.StatusSuppressed:
 		return Wording{JA: "受信側のシステムによって拒否されたことがあるメールアドレスのため、メールは送信されませんでした",
 			EN: "The email was not sent because this address was rejected by the receiving system before"}
-	default: // queued, deferred: handed over or trying, no final answer yet
+	default: // queued, deferred, held: handed over or trying, no final answer yet
 		return Wording{JA: "送信結果待ち", EN: "Waiting for the result"}
 	}
 }

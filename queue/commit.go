@@ -342,12 +342,13 @@ func (s *Store) moveStatus(tx *bolt.Tx, st *txState, m *msgRecord, idx int, r *r
 		}
 		return false, nil
 	}
-	if !checkDone || !m.Finished.IsZero() {
+	// Held is not final: holding a recipient never finishes its message.
+	if status == StatusHeld || !checkDone || !m.Finished.IsZero() {
 		return false, nil
 	}
 	done := true
 	err = forEachRcpt(tx, m.ID, func(i int, other *rcptRecord) error {
-		if i != idx && (other.Status == "" || other.Status.Pending()) {
+		if i != idx && (other.Status == "" || other.Status.Open()) {
 			done = false
 		}
 		return nil

@@ -62,7 +62,7 @@ func (s *Store) EnqueueParts(ctx context.Context, m *Message, parts ...[]byte) e
 		if initial == "" {
 			initial = StatusQueued
 		}
-		if initial.Pending() {
+		if initial.Open() { // a recipient accepted held is not final either
 			done = false
 		}
 		ev := Event{Time: m.Received, Status: initial, Source: "smtp"}

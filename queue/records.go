@@ -87,6 +87,8 @@ type rcptRecord struct {
 	LastSeq uint64 `json:"last_seq"`
 	// Delayed says the recipient got its one "delayed" event.
 	Delayed bool `json:"delayed,omitempty"`
+	// HeldFrom is the pending status a held recipient returns to when released.
+	HeldFrom Status `json:"held_from,omitempty"`
 }
 
 // Destination is what the scheduler limits connections by: the recipient's

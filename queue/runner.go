@@ -593,7 +593,8 @@ func (s *Store) record(ctx context.Context, id string, idx int, res Result, sche
 		if err != nil {
 			return err
 		}
-		if !rc.Status.Pending() {
+		held := rc.Status == StatusHeld
+		if !rc.Status.Pending() && !held {
 			return nil // finished meanwhile (a DSN, an admin action)
 		}
 		rc.Attempts++
@@ -615,6 +616,15 @@ func (s *Store) record(ctx context.Context, id string, idx int, res Result, sche
 		case StatusSent, StatusBounced, StatusSuppressed:
 		default:
 			return fmt.Errorf("queue: invalid result status %q", res.Status)
+		}
+		if held && ev.Status == StatusDeferred {
+			// Held while this attempt was in flight: the attempt counts and
+			// its reply is kept, but the recipient stays held; release
+			// makes it deferred.
+			ev.Status, rc.HeldFrom, next = StatusHeld, StatusDeferred, time.Time{}
+			ev.Note = "attempt in flight when held: deferred; stays held"
+		} else if held {
+			rc.HeldFrom = "" // the attempt that was in flight when held ended it
 		}
 		if ev.Status == StatusSent {
 			rc.Reason = ""

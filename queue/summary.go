@@ -22,10 +22,6 @@ const (
 // summaryChunk is how many recipients Summary reads per read transaction.
 const summaryChunk = 2000
 
-// statusHeld is the status of a recipient held by the postmaster (queue
-// hold); the summary counts it apart from queued and deferred.
-const statusHeld Status = "held"
-
 // SummaryRow is one destination (domain, account or MX host) of the queue
 // summary: its recipients still waiting, by status, how long the oldest has
 // waited and the most frequent last error among them.
@@ -116,7 +112,7 @@ func (s *Store) summary(by string, chunk int) ([]SummaryRow, error) {
 	// (which would stall the file's growth). A recipient that changes
 	// status between chunks may be counted under both or neither: a
 	// summary is a glance, not a ledger.
-	for _, st := range []Status{StatusQueued, StatusDeferred, statusHeld} {
+	for _, st := range []Status{StatusQueued, StatusDeferred, StatusHeld} {
 		p := indexKey(string(st), "")
 		from := p
 		for from != nil {
@@ -188,7 +184,7 @@ func summaryKey(by string, m *msgRecord, r *rcptRecord, last *Event) string {
 // lastError is the error a recipient's last event reports, "" if it is not
 // a failure (never tried, a note without text).
 func lastError(ev *Event) string {
-	if ev == nil || ev.Status != StatusDeferred && ev.Status != statusHeld {
+	if ev == nil || ev.Status != StatusDeferred && ev.Status != StatusHeld {
 		return ""
 	}
 	var parts []string

@@ -32,13 +32,19 @@ const (
 	StatusBounced Status = "bounced"
 	// StatusSuppressed: not sent because the address is on the suppression list.
 	StatusSuppressed Status = "suppressed"
+	// StatusHeld: put on hold by the postmaster (queue hold): never attempted
+	// until released, not final, and still aging towards relay.max_age.
+	StatusHeld Status = "held"
 )
 
 // Statuses lists every status in display order.
-var Statuses = []Status{StatusQueued, StatusDeferred, StatusSent, StatusBounced, StatusSuppressed}
+var Statuses = []Status{StatusQueued, StatusDeferred, StatusSent, StatusBounced, StatusSuppressed, StatusHeld}
 
 // Pending reports whether the status still waits for a delivery attempt.
 func (s Status) Pending() bool { return s == StatusQueued || s == StatusDeferred }
+
+// Open reports whether the status is not final: pending, or held.
+func (s Status) Open() bool { return s.Pending() || s == StatusHeld }
 
 // Valid reports whether s is one of the known statuses.
 func (s Status) Valid() bool {
@@ -95,7 +101,7 @@ type Recipient struct {
 // Done reports whether every recipient has reached a final status.
 func (m *Message) Done() bool {
 	for _, r := range m.Recipients {
-		if r.Status == "" || r.Status.Pending() {
+		if r.Status == "" || r.Status.Open() {
 			return false
 		}
 	}

@@ -867,6 +867,130 @@ stop_pid "$GREY_PID"
 GREY_PID=
 
 # ---------------------------------------------------------------------------
+# o. acting on many messages: queue hold, release, retry, delete (issue 14)
+
+# api_post PATH JSON: POST on the HTTP API with the daemon's token; prints the body.
+api_post() {
+	"$PY" -P -c '
+import sys, urllib.request
+req = urllib.request.Request(sys.argv[1], data=sys.argv[3].encode(), method="POST",
+    headers={"Authorization": "Bearer " + open(sys.argv[2]).read().strip(), "Content-Type": "application/json"})
+sys.stdout.write(urllib.request.urlopen(req, timeout=10).read().decode())' "http://127.0.0.1:$APIPORT$1" "$TMP/data/api.token" "$2"
+}
+# For this block the sink answers every RCPT with a 4xx: mail waits deferred.
+restart_sink_soft() {
+	stop_pid "$SINK_PID"
+	SINK_PID=
+	/usr/sbin/smtp-sink -u nobody -c -r RCPT -d "$SINKDIR/%M%S." "127.0.0.1:$SINKPORT" 100 >>"$TMP/sink.log" 2>&1 &
+	SINK_PID=$!
+	wait_until 10 bash -c "exec 3<>/dev/tcp/127.0.0.1/$SINKPORT" 2>/dev/null
+}
+BK_IDS=()
+bulk_setup() {
+	local i id
+	[ -n "$HERMOD_PID" ] || diag "hermod is not running" || return 1
+	restart_sink_soft || diag "smtp-sink -r RCPT did not start" || return 1
+	for i in 1 2 3; do
+		sub "$TMP/bk$i.txt" --from member@customer.test --to "bk$i@hold.test" --header "X-Hermod-Ref: bk-$RUN" \
+			--body "bulk $i of $RUN" || diag "swaks failed: $(tail -n 3 "$TMP/bk$i.txt")" || return 1
+		id=$(queued_id "$TMP/bk$i.txt")
+		[ -n "$id" ] || diag "no queued id for bk$i" || return 1
+		BK_IDS+=("$id")
+	done
+	for i in 0 1 2; do
+		wait_until 20 status_is "${BK_IDS[$i]}" "bk$((i + 1))@hold.test" deferred ||
+			diag "bk$((i + 1)) is $(status_of "${BK_IDS[$i]}" "bk$((i + 1))@hold.test"), not deferred" || return 1
+	done
+}
+check "three messages to hold.test wait deferred while the sink answers 4xx" bulk_setup
+
+bk_dry() {
+	local out
+	out=$(hq queue hold -domain HOLD.test -ref "bk-$RUN" -dry-run 2>&1) || diag "$out" || return 1
+	grep -qF "dry run: 3 recipient(s) in 3 message(s) would be held" <<<"$out" || diag "$out" || return 1
+	grep -qF "${BK_IDS[0]}" <<<"$out" || diag "sample lacks ${BK_IDS[0]}: $out" || return 1
+	status_is "${BK_IDS[0]}" bk1@hold.test deferred || diag "dry run changed bk1 to $(status_of "${BK_IDS[0]}" bk1@hold.test)"
+}
+check "hermod queue hold -domain -ref -dry-run counts 3 recipients, lists a sample, changes nothing" bk_dry
+check "hermod queue retry -ref makes the 3 deferred recipients due now" \
+	eval 'out=$(hq queue retry -ref "bk-$RUN" 2>&1) && grep -qF "3 recipient(s) in 3 message(s) due now" <<<"$out" || diag "$out"'
+
+bk_hold() {
+	local out i
+	out=$(hq queue hold -domain hold.test -ref "bk-$RUN" 2>&1) || diag "$out" || return 1
+	grep -qF "3 recipient(s) in 3 message(s) held" <<<"$out" || diag "$out" || return 1
+	for i in 0 1 2; do
+		status_is "${BK_IDS[$i]}" "bk$((i + 1))@hold.test" held || diag "bk$((i + 1)): $(status_of "${BK_IDS[$i]}" "bk$((i + 1))@hold.test")" || return 1
+	done
+	hq status "${BK_IDS[0]}" | grep -qF 送信結果待ち || diag "$(hq status "${BK_IDS[0]}")" || return 1
+	hq queue show "${BK_IDS[0]}" | grep -qE "^recipient 0 is held; its relay.max_age \([0-9hms]+\) ends " ||
+		diag "queue show: $(hq queue show "${BK_IDS[0]}" | tail -n 3)"
+}
+check "hermod queue hold puts them on hold: status held, wording 送信結果待ち, queue show says when max_age ends" bk_hold
+
+# attempts_of ID: the attempts of the first recipient, from the API.
+attempts_of() {
+	api "/v1/messages/$1" | "$PY" -P -c 'import json,sys; print(json.load(sys.stdin)["recipients"][0]["attempts"])'
+}
+BK_ATT2=
+bk_release() {
+	local out
+	BK_ATT2=$(attempts_of "${BK_IDS[1]}")
+	stop_pid "$SINK_PID"
+	SINK_PID=
+	start_sink || diag "smtp-sink did not restart" || return 1
+	out=$(hq queue release "${BK_IDS[0]}" 2>&1) || diag "$out" || return 1
+	grep -qF "1 recipient(s) in 1 message(s) released" <<<"$out" || diag "$out" || return 1
+	wait_until 20 has_sink_file "bulk 1 of $RUN" || diag "released message did not arrive; bk1 is $(status_of "${BK_IDS[0]}" bk1@hold.test)" || return 1
+	wait_until 10 status_is "${BK_IDS[0]}" bk1@hold.test sent || diag "bk1 is $(status_of "${BK_IDS[0]}" bk1@hold.test)"
+}
+check "hermod queue release ID: the released message is delivered" bk_release
+bk_still_held() {
+	# retry is 1 s: a pending recipient would have been tried again by now.
+	status_is "${BK_IDS[1]}" bk2@hold.test held || diag "bk2 is $(status_of "${BK_IDS[1]}" bk2@hold.test)" || return 1
+	[ "$(attempts_of "${BK_IDS[1]}")" = "$BK_ATT2" ] || diag "bk2 attempts $BK_ATT2 -> $(attempts_of "${BK_IDS[1]}")" || return 1
+	! has_sink_file "bulk 2 of $RUN" || diag "held message bk2 reached the sink"
+}
+check "a held message is not attempted while the sink accepts again (attempts unchanged, not in the sink)" bk_still_held
+
+bk_api() {
+	local out
+	out=$(api_post /v1/queue/delete "{\"ref\": \"bk-$RUN\", \"rcpt\": \"BK3@hold.test\", \"dry_run\": true}") || diag "$out" || return 1
+	grep -qE '"recipients": 1,' <<<"$out" && grep -qE '"dry_run": true' <<<"$out" || diag "$out" || return 1
+	status_is "${BK_IDS[2]}" bk3@hold.test held || diag "dry run deleted bk3" || return 1
+	out=$(api_post /v1/queue/release "{\"ids\": [\"${BK_IDS[1]}\"]}") || diag "$out" || return 1
+	grep -qE '"recipients": 1,' <<<"$out" || diag "$out" || return 1
+	wait_until 20 has_sink_file "bulk 2 of $RUN" || diag "bk2 did not arrive after POST /v1/queue/release" || return 1
+	out=$(api_post /v1/queue/delete "{\"ref\": \"bk-$RUN\", \"status\": \"held\"}") || diag "$out" || return 1
+	grep -qE '"messages": 1,' <<<"$out" || diag "$out" || return 1
+	! hq queue show "${BK_IDS[2]}" >/dev/null 2>&1 || diag "bk3 still in the queue"
+}
+check "POST /v1/queue/delete dry_run, /v1/queue/release by id, /v1/queue/delete by ref+status" bk_api
+bk_audit() {
+	local next
+	next=$(api "/v1/events?tail=1" | "$PY" -P -c 'import json,sys; print(json.load(sys.stdin)["next"])') || return 1
+	api "/v1/events?after=$((next > 300 ? next - 300 : 0))" | "$PY" -P -c '
+import json, sys
+ids = sys.argv[1:]
+got = sorted((ids.index(e["message_id"]), e["status"]) for e in json.load(sys.stdin)["events"]
+             if e["message_id"] in ids and e.get("source") == "admin")
+# each: retry (stays deferred) and hold; bk1, bk2: released back to deferred;
+# bk3: deleted while held.
+want = [(0, "deferred"), (0, "deferred"), (0, "held"), (1, "deferred"), (1, "deferred"), (1, "held"),
+        (2, "deferred"), (2, "held"), (2, "held")]
+if got != want:
+    print(got)
+    sys.exit(1)' "${BK_IDS[@]}" >"$TMP/bk-audit.txt" || diag "admin events (rcpt, status): $(cat "$TMP/bk-audit.txt")"
+}
+check "retry, hold, release and delete are admin events in /v1/events" bk_audit
+bk_usage() {
+	local rc=0
+	hq queue hold >/dev/null 2>&1 || rc=$?
+	[ "$rc" -eq 2 ] || diag "queue hold with no id and no filter: exit $rc, want 2 (usage)"
+}
+check "hermod queue hold with no id and no filter is a usage error (exit 2), never the whole queue" bk_usage
+
+# ---------------------------------------------------------------------------
 # m. SIGTERM
 
 sigterm() {

@@ -91,7 +91,10 @@ func (c *cli) client(path string) (*api.Client, error) {
 
 func (c *cli) queueCmd(args []string) error {
 	if len(args) == 0 {
-		return usageError("usage: hermod queue ls|show|summary|tail|retry|delete")
+		return usageError("usage: hermod queue ls|show|summary|tail|retry|delete|hold|release")
+	}
+	if isBulk(args) {
+		return c.bulkCmd(args) // bulk.go
 	}
 	switch args[0] {
 	case "ls", "show", "summary", "tail", "retry", "delete":
@@ -175,6 +178,7 @@ func (c *cli) queueCmd(args []string) error {
 			return c.writeJSON(m)
 		}
 		c.printMessage(m, true)
+		c.printHeldNotes(m, *path) // bulk.go
 		return nil
 	case "retry", "delete":
 		id, err := needID()

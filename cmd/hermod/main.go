@@ -30,6 +30,9 @@ Usage:
   hermod queue tail       [-f] [-n N]      the event log, one line per status change
   hermod queue retry ID                    make the pending recipients of ID due now
   hermod queue delete ID                   remove a message from the queue
+  hermod queue hold|release|retry|delete ID... | [-account A] [-domain D] [-status S]
+                          [-older-than AGE] [-rcpt ADDR] [-ref R] [-dry-run]
+                                           act on many recipients at once (filters AND-combined)
   hermod status ID                         per-recipient status with the user's wording
   hermod account set ID --owner ADDR --custom-domain=true|false
   hermod account show ID
