@@ -43,7 +43,7 @@ var bounceReasons = []string{
 	"complaint", "soft-bounce-limit", "manual",
 }
 
-var webhookEvents = []string{"queued", "deferred", "sent", "bounced", "suppressed", "delayed", "*"}
+var webhookEvents = []string{"queued", "deferred", "held", "sent", "bounced", "suppressed", "delayed", "*"}
 
 // applyDefaults replaces every zero value that has a default.
 func (c *Config) applyDefaults() {

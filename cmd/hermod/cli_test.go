@@ -387,7 +387,7 @@ func TestCLIAgainstDaemon(t *testing.T) {
 		if strings.Index(out, deferred) > strings.Index(out, sent) {
 			t.Errorf("queue ls is not newest first:\n%s", out)
 		}
-		if !strings.Contains(out, "-- queued 0, deferred 1, sent 1, bounced 0, suppressed 0 recipients") {
+		if !strings.Contains(out, "-- queued 0, deferred 1, held 0, sent 1, bounced 0, suppressed 0 recipients") {
 			t.Errorf("queue ls counts:\n%s", out)
 		}
 		out = e.ok(t, "queue", "ls", "-status", "deferred")

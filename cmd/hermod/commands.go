@@ -159,8 +159,8 @@ func (c *cli) queueCmd(args []string) error {
 			}
 		}
 		tw.Flush()
-		fmt.Fprintf(c.stdout, "-- queued %d, deferred %d, sent %d, bounced %d, suppressed %d recipients\n",
-			out.Counts["queued"], out.Counts["deferred"], out.Counts["sent"], out.Counts["bounced"], out.Counts["suppressed"])
+		fmt.Fprintf(c.stdout, "-- queued %d, deferred %d, held %d, sent %d, bounced %d, suppressed %d recipients\n",
+			out.Counts["queued"], out.Counts["deferred"], out.Counts["held"], out.Counts["sent"], out.Counts["bounced"], out.Counts["suppressed"])
 		if out.Next != "" {
 			fmt.Fprintf(c.stdout, "-- more: hermod queue ls -before %s\n", out.Next)
 		}
