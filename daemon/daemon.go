@@ -517,7 +517,7 @@ func suppressionChange(ev queue.Event) (suppress.Change, bool) {
 
 // extraHandlers are mounted on the API listener behind its token.
 func (d *Daemon) extraHandlers() map[string]http.Handler {
-	h := map[string]http.Handler{"GET /metrics": d.Metrics.Handler()}
+	h := map[string]http.Handler{"GET /metrics": d.Metrics.Handler(), "GET /v1/backup": d.backupHandler()}
 	if d.cfg.API.Pprof {
 		h["/debug/pprof/"] = http.HandlerFunc(pprof.Index)
 		h["/debug/pprof/profile"] = http.HandlerFunc(pprof.Profile)

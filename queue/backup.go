@@ -353,3 +353,31 @@ func restoreFile(dst string, r io.Reader, size int64) error {
 	}
 	return nil
 }
+
+// VerifyBackup reads a whole archive and returns its manifest, or an error
+// if it is damaged, truncated or has no manifest; it writes nothing.
+func VerifyBackup(r io.Reader) (*BackupManifest, error) {
+	tr := tar.NewReader(r)
+	var man *BackupManifest
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("queue: the archive is damaged or truncated: %w", err)
+		}
+		if h.Name == BackupManifestName {
+			man = &BackupManifest{}
+			if err := json.NewDecoder(io.LimitReader(tr, 1<<20)).Decode(man); err != nil {
+				return nil, fmt.Errorf("queue: backup manifest: %w", err)
+			}
+		} else if _, err := io.Copy(io.Discard, tr); err != nil {
+			return nil, fmt.Errorf("queue: the archive is damaged or truncated: %w", err)
+		}
+	}
+	if man == nil {
+		return nil, fmt.Errorf("queue: the archive has no manifest (%s): it is truncated or not a hermod backup", BackupManifestName)
+	}
+	return man, nil
+}

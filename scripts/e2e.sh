@@ -800,3 +800,74 @@ sigterm() {
 	[ "$rc" -eq 0 ] || diag "exit status $rc"
 }
 check "SIGTERM: hermod exits 0 within shutdown_timeout" sigterm
+
+# ---------------------------------------------------------------------------
+# n. backup under load and restore (issue 14, h-keys)
+
+# ids_sent IDS-FILE BASE TOKEN-FILE: every "id rcpt n" line of IDS-FILE is
+# sent according to the API at BASE.
+ids_sent() {
+	"$PY" -P - "$1" "$2" "$(cat "$3")" <<'EOF'
+import json, sys, urllib.request
+ids, base, tok = sys.argv[1], sys.argv[2], sys.argv[3]
+bad = []
+for line in open(ids):
+    mid, rcpt, _ = line.split()
+    try:
+        req = urllib.request.Request(base + '/v1/messages/' + mid, headers={'Authorization': 'Bearer ' + tok})
+        m = json.load(urllib.request.urlopen(req, timeout=5))
+        st = [r['status'] for r in m['recipients'] if r['address'] == rcpt]
+    except Exception as e:
+        st = [str(e)]
+    if st != ['sent']:
+        bad.append('%s %s %s' % (mid, rcpt, st))
+print('\n'.join(bad[:5]) + ('\n(%d not sent)' % len(bad) if bad else ''))
+sys.exit(1 if bad else 0)
+EOF
+}
+stop_pid "$SINK_PID" # the mail acknowledged before the backup waits in the queue
+SINK_PID=
+echo "--- start for backup ---" >>"$TMP/hermod.log"
+start_hermod || fatal "hermod starts again for the backup checks"
+BK=$TMP/backup.tar
+backup_under_load() {
+	"$PY" -P "$TMP/bulk.py" "$SUBPORT" "bkA-$RUN" "$TMP/bk-a.txt" >"$TMP/bk-a.log" 2>&1 || diag "$(tail -n 3 "$TMP/bk-a.log")" || return 1
+	[ "$(wc -l <"$TMP/bk-a.txt")" -eq 50 ] || diag "$(wc -l <"$TMP/bk-a.txt") of 50 acknowledged before the backup" || return 1
+	"$PY" -P "$TMP/bulk.py" "$SUBPORT" "bkB-$RUN" "$TMP/bk-b.txt" >"$TMP/bk-b.log" 2>&1 &
+	local load=$! out rc=0
+	out=$(hq backup -o "$BK" -secrets 2>&1) || rc=$?
+	wait "$load" || diag "submissions during the backup: $(tail -n 3 "$TMP/bk-b.log")" || return 1
+	[ "$rc" -eq 0 ] || diag "backup: $out" || return 1
+	[ "$(wc -l <"$TMP/bk-b.txt")" -eq 50 ] || diag "$(wc -l <"$TMP/bk-b.txt") of 50 acknowledged during the backup" || return 1
+	[ "$(stat -c %a "$BK")" = 600 ] || diag "archive mode $(stat -c %a "$BK")" || return 1
+	grep -q '^wrote .*secret files' <<<"$out" || diag "$out"
+}
+check "hermod backup -o FILE -secrets on the running daemon while 50 messages are submitted" backup_under_load
+check "hermod backup refuses to overwrite an existing file" eval '! hq backup -o "$BK" >/dev/null 2>&1'
+stop_pid "$HERMOD_PID"
+HERMOD_PID=
+mkdir -p "$TMP/busy" && touch "$TMP/busy/x"
+check "hermod restore refuses a non-empty directory" \
+	eval 'out=$("$H" restore "$BK" -data-dir "$TMP/busy" 2>&1); [ $? -ne 0 ] && grep -q "not empty" <<<"$out" || diag "$out"'
+head -c 4096 "$BK" >"$TMP/cut.tar"
+check "hermod restore refuses a truncated archive" eval '! "$H" restore "$TMP/cut.tar" -data-dir "$TMP/cut" >/dev/null 2>&1'
+restore_ok() {
+	local out bad
+	out=$("$H" restore "$BK" -data-dir "$TMP/restored" 2>&1) || diag "$out" || return 1
+	bad=$(find "$TMP/restored" \( -type f ! -perm 600 \) -o \( -type d ! -perm 700 \))
+	[ -z "$bad" ] || diag "wrong modes: $bad" || return 1
+	[ -s "$TMP/restored/api.token" ] || diag "no api.token restored"
+}
+check "hermod restore FILE -data-dir DIR restores with files 0600 and directories 0700" restore_ok
+sed "s|^data_dir = .*|data_dir = \"$TMP/restored\"|" "$CONF" >"$TMP/restored.toml"
+CONF_ORIG=$CONF
+CONF=$TMP/restored.toml
+echo "--- start on the restored data_dir ---" >>"$TMP/hermod.log"
+start_hermod || fatal "hermod starts on the restored data_dir"
+ok "hermod starts on the restored data_dir"
+start_sink || notok "smtp-sink restarts"
+check "from the restored data_dir, every message acknowledged before the backup is sent" \
+	eval 'wait_until 30 ids_sent "$TMP/bk-a.txt" "http://127.0.0.1:$APIPORT" "$TMP/restored/api.token" >/dev/null || diag "$(ids_sent "$TMP/bk-a.txt" "http://127.0.0.1:$APIPORT" "$TMP/restored/api.token")"'
+check "and each arrived at the sink" \
+	eval 'n=$(grep -rhoE "durability [0-9]+ of bkA-$RUN" "$SINKDIR" | sort -u | wc -l); [ "$n" -eq 50 ] || diag "$n of 50 in the sink"'
+CONF=$CONF_ORIG

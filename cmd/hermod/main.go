@@ -38,6 +38,8 @@ Usage:
   hermod dkim show                         the platform DKIM TXT record to publish
   hermod bounce parse FILE...              classify bounce messages (no daemon needed)
   hermod store check                       check the store offline (hermod must be stopped)
+  hermod backup -o FILE [-secrets]         consistent archive of the running daemon's store and bodies
+  hermod restore FILE -data-dir DIR        unpack a backup offline into a new, empty directory
   hermod bench [-n N] [-c C] [-size B] [-peer postfix]   load benchmark on loopback
 
 Every subcommand takes -config FILE; without it, $HERMOD_CONFIG, then
@@ -82,6 +84,10 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		err = c.bench(args[1:])
 	case "store":
 		err = c.storeCmd(args[1:])
+	case "backup":
+		err = c.backup(args[1:])
+	case "restore":
+		err = c.restore(args[1:])
 	default:
 		err = usageError("unknown command %q (see hermod help)", args[0])
 	}
