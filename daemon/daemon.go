@@ -184,6 +184,9 @@ func New(cfg *config.Config, log *slog.Logger, o Options) (_ *Daemon, err error)
 		ReturnPathLabel: cfg.Sender.ReturnPathLabel, BounceHost: cfg.Bounce.Domain, Algorithm: cfg.Sender.DKIMAlgorithm,
 		VerifyTimeout: cfg.Sender.VerifyTimeout, FreemailExtra: cfg.Sender.FreemailExtra, PlatformDomains: platformDomains(cfg),
 		Resolver: resolver, Notifier: notifier, Now: o.Now, Logger: log,
+		// Mail signed with the old key may wait in the queue up to max_age,
+		// then be verified on arrival: the old record stays a day longer.
+		RotationGrace: cfg.Relay.MaxAge + 24*time.Hour,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("open domains: %w", err)

@@ -870,4 +870,45 @@ check "from the restored data_dir, every message acknowledged before the backup 
 	eval 'wait_until 30 ids_sent "$TMP/bk-a.txt" "http://127.0.0.1:$APIPORT" "$TMP/restored/api.token" >/dev/null || diag "$(ids_sent "$TMP/bk-a.txt" "http://127.0.0.1:$APIPORT" "$TMP/restored/api.token")"'
 check "and each arrived at the sink" \
 	eval 'n=$(grep -rhoE "durability [0-9]+ of bkA-$RUN" "$SINKDIR" | sort -u | wc -l); [ "$n" -eq 50 ] || diag "$n of 50 in the sink"'
-CONF=$CONF_ORIG
+
+# ---------------------------------------------------------------------------
+# o. DKIM key rollover of a customer domain (issue 14, h-keys), on the
+# restored daemon (the restore kept acme's verified example.test)
+
+ROT_NAME=
+ROT_TXT=
+ROT_VALUE=
+rotate_start() {
+	local out js
+	out=$(hq domain rotate acme example.test 2>&1) || diag "$out" || return 1
+	js=$(api /v1/accounts/acme/domains/example.test) || diag "API request failed" || return 1
+	eval "$("$PY" -P -c '
+import json, sys, shlex
+r = json.loads(sys.argv[1]).get("rotation") or {}
+print("ROT_NAME=" + shlex.quote(r.get("record", {}).get("name", "")) + "; ROT_VALUE=" + shlex.quote(r.get("record", {}).get("value", "")) + "; ROT_TXT=" + shlex.quote(r.get("public_txt", "")))
+' "$js")"
+	[[ "$ROT_NAME" =~ ^[a-z0-9]+\._domainkey\.example\.test$ ]] && [ "$ROT_NAME" != "${DKIM_NAME%.}" ] || diag "new record name '$ROT_NAME' (old $DKIM_NAME): $js" || return 1
+	grep -qF "$ROT_NAME" <<<"$out" && grep -qF "Key rollover" <<<"$out" || diag "domain rotate output: $out"
+}
+check "hermod domain rotate acme example.test shows a new TXT record under a new selector" rotate_start
+# rot_mail TAG: submits From taro@example.test, prints the sink file once delivered.
+rot_mail() {
+	sub "$TMP/rot-$1.txt" --from member@example.test --to "rot-$1@dest.test" \
+		--header 'From: Taro <taro@example.test>' --header 'X-Hermod-Account: acme' \
+		--body "rollover $1 $RUN" >/dev/null || return 1
+	wait_until 20 has_sink_file "rollover $1 $RUN" || return 1
+	sleep 0.3
+	sink_file "rollover $1 $RUN"
+}
+check "before the new record is in DNS, mail is signed with the old key (dkimpy, old record)" \
+	eval 'f=$(rot_mail before) || diag "not delivered" || return 1; out=$(msg dkim "$f" example.test "$DKIM_NAME" "$DKIM_TXT" 2>&1) || diag "$out"'
+[ -n "$ROT_NAME" ] && echo "$ROT_NAME. TXT $ROT_VALUE" >>"$ZONE"
+rotate_done() {
+	local out
+	out=$(hq domain check acme example.test 2>&1) || diag "$out" || return 1
+	out=$(hq domain show acme example.test 2>&1) || diag "$out" || return 1
+	grep -qE "Key rollover done .*may be removed after [0-9]{4}-" <<<"$out" || diag "$out"
+}
+check "once the new record is seen, hermod domain show states when the old record may be removed" rotate_done
+check "after the switch, mail is signed with the new key (dkimpy, new record)" \
+	eval 'f=$(rot_mail after) || diag "not delivered" || return 1; out=$(msg dkim "$f" example.test "$ROT_NAME" "$ROT_TXT" 2>&1) || diag "$out"'

@@ -33,7 +33,7 @@ Usage:
   hermod status ID                         per-recipient status with the user's wording
   hermod account set ID --owner ADDR --custom-domain=true|false
   hermod account show ID
-  hermod domain add|ls|show|rm|check ACCOUNT [DOMAIN]
+  hermod domain add|ls|show|rm|check|rotate ACCOUNT [DOMAIN]
   hermod suppress ls [-account A] [-address PREFIX] | show ADDR | add ADDR [-reason R] | rm ADDR
   hermod dkim show                         the platform DKIM TXT record to publish
   hermod bounce parse FILE...              classify bounce messages (no daemon needed)
