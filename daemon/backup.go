@@ -22,6 +22,9 @@ func (d *Daemon) secretPaths() []string {
 	for _, w := range cfg.Webhooks {
 		ps = append(ps, cfg.DataPath(w.SecretFile))
 	}
+	if r, err := readPlatformRotation(cfg); err == nil && r != nil {
+		ps = append(ps, cfg.DataPath(PlatformRotationFile), cfg.DataPath(r.KeyFile), cfg.DataPath(r.OldKeyFile))
+	}
 	if cfg.Submission.TLSCert != "" {
 		ps = append(ps, cfg.DataPath(cfg.Submission.TLSCert), cfg.DataPath(cfg.Submission.TLSKey))
 	}

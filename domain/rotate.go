@@ -173,3 +173,10 @@ func (s *Store) rotationGrace() time.Duration {
 	}
 	return DefaultRotationGrace
 }
+
+// DKIMRecordMatches reports whether the TXT record found (its strings
+// joined) publishes the key of want, as verification judges it: tags parse,
+// v= (if any) is DKIM1, k= and p= agree once blanks and quotes are removed.
+func DKIMRecordMatches(found, want string) bool {
+	return dkimMismatch(dkimTags(unescapeTXT(found)), dkimTags(want)) == ""
+}

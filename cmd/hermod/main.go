@@ -36,6 +36,7 @@ Usage:
   hermod domain add|ls|show|rm|check|rotate ACCOUNT [DOMAIN]
   hermod suppress ls [-account A] [-address PREFIX] | show ADDR | add ADDR [-reason R] | rm ADDR
   hermod dkim show                         the platform DKIM TXT record to publish
+  hermod dkim rotate | dkim check          platform key rollover: new key and selector; the old key signs until the new record is seen
   hermod bounce parse FILE...              classify bounce messages (no daemon needed)
   hermod store check                       check the store offline (hermod must be stopped)
   hermod backup -o FILE [-secrets]         consistent archive of the running daemon's store and bodies
