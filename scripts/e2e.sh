@@ -912,3 +912,35 @@ rotate_done() {
 check "once the new record is seen, hermod domain show states when the old record may be removed" rotate_done
 check "after the switch, mail is signed with the new key (dkimpy, new record)" \
 	eval 'f=$(rot_mail after) || diag "not delivered" || return 1; out=$(msg dkim "$f" example.test "$ROT_NAME" "$ROT_TXT" 2>&1) || diag "$out"'
+
+# ---------------------------------------------------------------------------
+# p. platform DKIM key rollover (issue 14, h-keys)
+
+PROT_NAME=
+PROT_TXT=
+PROT_ZONE=
+prot_mail() { # prot_mail TAG: platform mail (From rewritten to the platform), prints the sink file
+	sub "$TMP/prot-$1.txt" --from member@customer.test --to "prot-$1@dest.test" \
+		--header 'From: "Taro" <taro@customer.test>' --body "platform rollover $1 $RUN" >/dev/null || return 1
+	wait_until 20 has_sink_file "platform rollover $1 $RUN" || return 1
+	sleep 0.3
+	sink_file "platform rollover $1 $RUN"
+}
+dkim_rotate() {
+	local out
+	out=$(hq dkim rotate 2>&1) || diag "$out" || return 1
+	PROT_ZONE=$(grep -E '^hm[0-9]+\._domainkey\.makeleaps\.test\.	TXT	"' <<<"$out")
+	PROT_NAME=$(cut -f1 <<<"$PROT_ZONE")
+	PROT_TXT=$(cut -f3 <<<"$PROT_ZONE" | sed -E 's/" "//g; s/^"//; s/"$//')
+	[ -n "$PROT_NAME" ] && [[ "$PROT_TXT" =~ ^v=DKIM1\;\ k=rsa\;\ p= ]] && grep -q "selector hermod signs until" <<<"$out" || diag "$out"
+}
+check "hermod dkim rotate shows the new platform record as zone text under a new selector" dkim_rotate
+check "hermod dkim rotate again while pending is refused" eval '! hq dkim rotate >/dev/null 2>&1'
+check "before the new record is in DNS, platform mail is signed with the old key (dkimpy)" \
+	eval 'f=$(prot_mail before) || diag "not delivered" || return 1; out=$(msg dkim "$f" makeleaps.test hermod._domainkey.makeleaps.test. "$PLATFORM_TXT" 2>&1) || diag "$out"'
+[ -n "$PROT_ZONE" ] && echo "$PROT_ZONE" >>"$ZONE"
+check "once hermod dkim check sees the new record, it says when the old one may be removed" \
+	eval 'out=$(hq dkim check 2>&1); grep -qE "Key rollover done .*may be removed after [0-9]{4}-" <<<"$out" || diag "$out"'
+check "hermod dkim show prints the new selector's record" eval 'out=$(hq dkim show 2>&1); grep -qF "$PROT_NAME" <<<"$out" || diag "$out"'
+check "after the switch, platform mail is signed with the new key (dkimpy)" \
+	eval 'f=$(prot_mail after) || diag "not delivered" || return 1; out=$(msg dkim "$f" makeleaps.test "$PROT_NAME" "$PROT_TXT" 2>&1) || diag "$out"'
