@@ -72,6 +72,16 @@ func (s *Store) Backup(w io.Writer, opts BackupOptions) (*BackupManifest, error)
 		names = append(names, name)
 	}
 	sort.Strings(names)
+	s.mu.Lock()
+	if s.backups == 0 { // copies left by a backup that a crash interrupted
+		stale, _ := filepath.Glob(filepath.Join(s.dir, "backup-*.tmp"))
+		for _, d := range stale {
+			os.RemoveAll(d)
+		}
+	}
+	s.backups++
+	s.mu.Unlock()
+	defer s.endBackup()
 	snap, err := s.snapshot()
 	if err != nil {
 		return nil, err
@@ -125,17 +135,14 @@ type snapshotDir struct {
 
 // snapshot copies the store as one read transaction sees it, and links the
 // body files it refers to, into a new directory beside the store. Body
-// files deleted meanwhile are kept until the links exist (removeBodyFiles).
+// files deleted meanwhile are kept (removeBodyFiles: Backup counts itself
+// in s.backups).
 func (s *Store) snapshot() (*snapshotDir, error) {
 	tmp, err := os.MkdirTemp(s.dir, "backup-*.tmp")
 	if err != nil {
 		return nil, fmt.Errorf("queue: backup: %w", err)
 	}
 	snap := &snapshotDir{dir: tmp}
-	s.mu.Lock()
-	s.backups++
-	s.mu.Unlock()
-	defer s.endBackup()
 	err = s.db.View(func(tx *bolt.Tx) error {
 		err := tx.Bucket(bucketMsgs).ForEach(func(k, v []byte) error {
 			snap.messages++

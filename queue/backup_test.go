@@ -71,6 +71,9 @@ func TestBackupUnderLoadRestores(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	if err := os.MkdirAll(filepath.Join(dir, "backup-crashed.tmp"), 0o700); err != nil { // left by a crash
+		t.Fatal(err)
+	}
 	subCtx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
 	// Between the snapshot and the linking of its body files, delete
@@ -128,6 +131,9 @@ func TestBackupUnderLoadRestores(t *testing.T) {
 	}
 	if res.man.Messages != 120 || res.man.BodyFiles != 60 {
 		t.Fatalf("manifest: %d messages, %d body files; want 120 and 60 (the snapshot before the deletions)", res.man.Messages, res.man.BodyFiles)
+	}
+	if left, _ := filepath.Glob(filepath.Join(dir, "backup-*.tmp")); len(left) > 0 {
+		t.Fatalf("backup copies left in the data directory: %v", left)
 	}
 	// The deferred removals happened once the backup ended.
 	for _, id := range doomed {
