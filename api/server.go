@@ -80,6 +80,7 @@ func New(opts Options) *Server {
 	m.HandleFunc("GET /v1/accounts/{id}/domains/{domain}", s.getDomain)
 	m.HandleFunc("DELETE /v1/accounts/{id}/domains/{domain}", s.deleteDomain)
 	m.HandleFunc("POST /v1/accounts/{id}/domains/{domain}/check", s.checkDomain)
+	m.HandleFunc("POST /v1/accounts/{id}/domains/{domain}/rotate", s.rotateDomain)
 	m.HandleFunc("GET /v1/suppressions", s.listSuppressions)
 	m.HandleFunc("GET /v1/suppressions/{address}", s.getSuppression)
 	m.HandleFunc("PUT /v1/suppressions/{address}", s.putSuppression)

@@ -65,6 +65,8 @@ type Daemon struct {
 	// Metrics are served at /metrics on the API listener.
 	Metrics *metrics.Metrics
 
+	platformKeys *platformKeys // platform DKIM key rollover (rotate.go)
+
 	token     string // the API bearer token
 	apiSrv    *http.Server
 	listeners map[string]net.Listener
@@ -125,7 +127,20 @@ func New(cfg *config.Config, log *slog.Logger, o Options) (_ *Daemon, err error)
 	if created {
 		log.Info("generated platform DKIM key; publish its record (hermod dkim show)", "file", cfg.DataPath(cfg.Sender.DKIMKeyFile))
 	}
-	d.PlatformSigner = dkim.NewSigner(cfg.Sender.DKIMDomain, cfg.Sender.DKIMSelector, key)
+	selector, keyFile, _, err := PlatformKey(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if keyFile != cfg.DataPath(cfg.Sender.DKIMKeyFile) { // a completed rollover signs
+		pemKey, err := os.ReadFile(keyFile)
+		if err == nil {
+			key, err = dkim.ParseKey(pemKey)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("dkim rollover key %s: %w", keyFile, err)
+		}
+	}
+	d.PlatformSigner = dkim.NewSigner(cfg.Sender.DKIMDomain, selector, key)
 
 	d.Store, err = queue.Open(filepath.Join(cfg.DataDir, StoreFile), queue.Options{Now: o.Now, Logger: log,
 		OnCommit: observeEvents(m), NoSync: o.NoSync, Reserve: cfg.Queue.Reserve})
@@ -180,10 +195,15 @@ func New(cfg *config.Config, log *slog.Logger, o Options) (_ *Daemon, err error)
 		return nil, fmt.Errorf("relay.resolvers: %w", err)
 	}
 	resolver.SetObserver(dnsObserver(m))
+	d.platformKeys = &platformKeys{cfg: cfg, signer: d.PlatformSigner, resolver: resolver,
+		grace: cfg.Relay.MaxAge + 24*time.Hour, now: o.Now, log: log}
 	d.Domains, err = domain.Open(d.Store.DB(), domain.Options{
 		ReturnPathLabel: cfg.Sender.ReturnPathLabel, BounceHost: cfg.Bounce.Domain, Algorithm: cfg.Sender.DKIMAlgorithm,
 		VerifyTimeout: cfg.Sender.VerifyTimeout, FreemailExtra: cfg.Sender.FreemailExtra, PlatformDomains: platformDomains(cfg),
 		Resolver: resolver, Notifier: notifier, Now: o.Now, Logger: log,
+		// Mail signed with the old key may wait in the queue up to max_age,
+		// then be verified on arrival: the old record stays a day longer.
+		RotationGrace: cfg.Relay.MaxAge + 24*time.Hour,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("open domains: %w", err)
@@ -271,6 +291,7 @@ func (d *Daemon) Start() error {
 	d.goRun("runner", func() { d.Runner.Run(ctx) })
 	d.goRun("purge", func() { d.Store.RunPurge(ctx, cfg.Queue.Retention, cfg.Queue.PurgeInterval) })
 	d.goRun("domains", func() { d.Domains.Run(ctx) })
+	d.goRun("dkim-rotation", func() { d.platformKeys.run(ctx) })
 	d.goRun("webhooks", func() { d.Webhooks.Run(ctx) })
 	d.goRun("suppression-follower", func() { d.suppressFollower.Run(ctx) })
 	d.goRun("webhook-follower", func() { d.webhookFollower.Run(ctx) })
@@ -518,7 +539,10 @@ func suppressionChange(ev queue.Event) (suppress.Change, bool) {
 
 // extraHandlers are mounted on the API listener behind its token.
 func (d *Daemon) extraHandlers() map[string]http.Handler {
-	h := map[string]http.Handler{"GET /metrics": d.Metrics.Handler()}
+	h := map[string]http.Handler{"GET /metrics": d.Metrics.Handler(), "GET /v1/backup": d.backupHandler()}
+	for p, hh := range api.PlatformDKIMHandlers(d.platformKeys) {
+		h[p] = hh
+	}
 	if d.cfg.API.Pprof {
 		h["/debug/pprof/"] = http.HandlerFunc(pprof.Index)
 		h["/debug/pprof/profile"] = http.HandlerFunc(pprof.Profile)

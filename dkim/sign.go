@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync"
 
 	msgdkim "github.com/emersion/go-msgauth/dkim"
 )
@@ -64,6 +65,25 @@ type Signer struct {
 	// occurs in the message (a name given twice counts once). It must
 	// contain From.
 	Headers []string
+
+	// mu guards Selector and Key against SetKey (a key rollover) while
+	// Sign runs.
+	mu sync.RWMutex
+}
+
+// SetKey replaces the selector and key (a key rollover); Sign calls that
+// started before keep the old pair.
+func (s *Signer) SetKey(selector string, key crypto.Signer) {
+	s.mu.Lock()
+	s.Selector, s.Key = selector, key
+	s.mu.Unlock()
+}
+
+// Current returns the selector and key Sign uses now.
+func (s *Signer) Current() (selector string, key crypto.Signer) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.Selector, s.Key
 }
 
 // NewSigner returns a Signer that signs DefaultHeaders() for domain with the
@@ -86,10 +106,11 @@ func (s *Signer) Sign(message io.Reader) (string, error) {
 	if err := checkDNSName("domain", s.Domain); err != nil {
 		return "", err
 	}
-	if err := checkDNSName("selector", s.Selector); err != nil {
+	selector, key := s.Current()
+	if err := checkDNSName("selector", selector); err != nil {
 		return "", err
 	}
-	if s.Key == nil {
+	if key == nil {
 		return "", errors.New("dkim: signer has no key")
 	}
 	names := s.Headers
@@ -104,8 +125,8 @@ func (s *Signer) Sign(message io.Reader) (string, error) {
 	headers := oversign(names, counts)
 	ms, err := msgdkim.NewSigner(&msgdkim.SignOptions{
 		Domain:                 s.Domain,
-		Selector:               s.Selector,
-		Signer:                 s.Key,
+		Selector:               selector,
+		Signer:                 key,
 		Hash:                   crypto.SHA256,
 		HeaderCanonicalization: msgdkim.CanonicalizationRelaxed,
 		BodyCanonicalization:   msgdkim.CanonicalizationRelaxed,

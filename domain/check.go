@@ -136,6 +136,7 @@ func beUint64(b []byte) uint64 {
 func (s *Store) check(ctx context.Context, d Domain, manual bool) (Domain, error) {
 	txt := s.lookupDKIM(ctx, d)
 	cname := s.lookupCNAME(ctx, d)
+	rot, seen := s.checkRotation(ctx, d)
 	now := s.opts.Now().UTC()
 
 	var cur stored
@@ -153,10 +154,15 @@ func (s *Store) check(ctx context.Context, d Domain, manual bool) (Domain, error
 		}
 		old := cur
 		s.apply(&cur, txt, cname, now, manual)
+		if d.Rotation != nil && cur.Rotation.Pending() && cur.Rotation.Selector == d.Rotation.Selector {
+			if err := s.applyRotation(tx, &cur, rot, seen, now); err != nil {
+				return err
+			}
+		}
 		return putDomain(tx, &old, &cur)
 	}, func() {
 		if cur.Status == StatusVerified {
-			if _, ok := s.verified[cur.Name]; !ok {
+			if k, ok := s.verified[cur.Name]; !ok || k.selector != cur.Selector {
 				s.loadKeyLocked(cur.Domain)
 			}
 		} else {

@@ -112,6 +112,8 @@ type Domain struct {
 	// NextCheck is when the background loop checks again; zero for none.
 	NextCheck  time.Time `json:"next_check,omitzero"`
 	VerifiedAt time.Time `json:"verified_at,omitzero"`
+	// Rotation is the last DKIM key rollover (RotateKey), pending or done.
+	Rotation *Rotation `json:"rotation,omitempty"`
 }
 
 // stored is a Domain as kept in bbolt, with the notifications that were
@@ -178,6 +180,9 @@ type Options struct {
 	Now func() time.Time
 	// Logger; nil discards.
 	Logger *slog.Logger
+	// RotationGrace is how long after a key rollover the old record must
+	// stay published (DefaultRotationGrace when 0).
+	RotationGrace time.Duration
 }
 
 // Store is the account and domain store. It is safe for concurrent use.

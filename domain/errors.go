@@ -22,6 +22,8 @@ const (
 	// CodeParentTaken (409): another account registered a domain under
 	// this one.
 	CodeParentTaken = "parent_of_taken"
+	// CodeRotationPending (409): a key rollover already waits for its record.
+	CodeRotationPending = "rotation_pending"
 )
 
 // Error is a refusal the caller can show to the user: Msg is English text

@@ -266,6 +266,9 @@ func (s *Store) RemoveDomain(accountID, name string) error {
 				return err
 			}
 		}
+		if d.Rotation != nil {
+			return tx.Bucket(bucketKeys).Delete(nextKeyName(d.Name, d.Rotation.Selector))
+		}
 		return nil
 	}, func() { delete(s.verified, d.Name) })
 	if err != nil {

@@ -6,8 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
-	"os"
 	"syscall"
 	"time"
 
@@ -200,11 +198,7 @@ func (s *Store) commitBatch(batch []*commitReq) error {
 	s.unwritable.Store(false)
 	s.commitCount.Add(1)
 	s.commitItems.Add(uint64(len(batch)))
-	for _, f := range removeFiles {
-		if err := os.Remove(f); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			s.log.Warn("queue: remove body file", "file", f, "err", err)
-		}
-	}
+	s.removeBodyFiles(removeFiles)
 	s.mu.Lock()
 	for k, v := range counts {
 		s.counts[k] += v

@@ -84,6 +84,14 @@ type Store struct {
 	floors   []func() uint64 // KeepEventsAfter
 	dueHint  time.Time       // earliest due time committed since the scheduler last looked
 	offers   []func([]Event) // followers told of each committed batch
+
+	// backups running (backup.go), and the body files whose removal waits
+	// for them to end; under mu.
+	backups   int
+	keptFiles []string
+	// afterSnapshot, in tests, runs between a backup's read transaction and
+	// its linking of the body files.
+	afterSnapshot func()
 }
 
 // Open opens (creating if needed) the store file at path; its directory is

@@ -1007,3 +1007,147 @@ sigterm() {
 	[ "$rc" -eq 0 ] || diag "exit status $rc"
 }
 check "SIGTERM: hermod exits 0 within shutdown_timeout" sigterm
+
+# ---------------------------------------------------------------------------
+# n. backup under load and restore (issue 14, h-keys)
+
+# ids_sent IDS-FILE BASE TOKEN-FILE: every "id rcpt n" line of IDS-FILE is
+# sent according to the API at BASE.
+ids_sent() {
+	"$PY" -P - "$1" "$2" "$(cat "$3")" <<'EOF'
+import json, sys, urllib.request
+ids, base, tok = sys.argv[1], sys.argv[2], sys.argv[3]
+bad = []
+for line in open(ids):
+    mid, rcpt, _ = line.split()
+    try:
+        req = urllib.request.Request(base + '/v1/messages/' + mid, headers={'Authorization': 'Bearer ' + tok})
+        m = json.load(urllib.request.urlopen(req, timeout=5))
+        st = [r['status'] for r in m['recipients'] if r['address'] == rcpt]
+    except Exception as e:
+        st = [str(e)]
+    if st != ['sent']:
+        bad.append('%s %s %s' % (mid, rcpt, st))
+print('\n'.join(bad[:5]) + ('\n(%d not sent)' % len(bad) if bad else ''))
+sys.exit(1 if bad else 0)
+EOF
+}
+stop_pid "$SINK_PID" # the mail acknowledged before the backup waits in the queue
+SINK_PID=
+echo "--- start for backup ---" >>"$TMP/hermod.log"
+start_hermod || fatal "hermod starts again for the backup checks"
+BK=$TMP/backup.tar
+backup_under_load() {
+	"$PY" -P "$TMP/bulk.py" "$SUBPORT" "bkA-$RUN" "$TMP/bk-a.txt" >"$TMP/bk-a.log" 2>&1 || diag "$(tail -n 3 "$TMP/bk-a.log")" || return 1
+	[ "$(wc -l <"$TMP/bk-a.txt")" -eq 50 ] || diag "$(wc -l <"$TMP/bk-a.txt") of 50 acknowledged before the backup" || return 1
+	"$PY" -P "$TMP/bulk.py" "$SUBPORT" "bkB-$RUN" "$TMP/bk-b.txt" >"$TMP/bk-b.log" 2>&1 &
+	local load=$! out rc=0
+	out=$(hq backup -o "$BK" -secrets 2>&1) || rc=$?
+	wait "$load" || diag "submissions during the backup: $(tail -n 3 "$TMP/bk-b.log")" || return 1
+	[ "$rc" -eq 0 ] || diag "backup: $out" || return 1
+	[ "$(wc -l <"$TMP/bk-b.txt")" -eq 50 ] || diag "$(wc -l <"$TMP/bk-b.txt") of 50 acknowledged during the backup" || return 1
+	[ "$(stat -c %a "$BK")" = 600 ] || diag "archive mode $(stat -c %a "$BK")" || return 1
+	grep -q '^wrote .*secret files' <<<"$out" || diag "$out"
+}
+check "hermod backup -o FILE -secrets on the running daemon while 50 messages are submitted" backup_under_load
+check "hermod backup refuses to overwrite an existing file" eval '! hq backup -o "$BK" >/dev/null 2>&1'
+stop_pid "$HERMOD_PID"
+HERMOD_PID=
+mkdir -p "$TMP/busy" && touch "$TMP/busy/x"
+check "hermod restore refuses a non-empty directory" \
+	eval 'out=$("$H" restore "$BK" -data-dir "$TMP/busy" 2>&1); [ $? -ne 0 ] && grep -q "not empty" <<<"$out" || diag "$out"'
+head -c 4096 "$BK" >"$TMP/cut.tar"
+check "hermod restore refuses a truncated archive" eval '! "$H" restore "$TMP/cut.tar" -data-dir "$TMP/cut" >/dev/null 2>&1'
+restore_ok() {
+	local out bad
+	out=$("$H" restore "$BK" -data-dir "$TMP/restored" 2>&1) || diag "$out" || return 1
+	bad=$(find "$TMP/restored" \( -type f ! -perm 600 \) -o \( -type d ! -perm 700 \))
+	[ -z "$bad" ] || diag "wrong modes: $bad" || return 1
+	[ -s "$TMP/restored/api.token" ] || diag "no api.token restored"
+}
+check "hermod restore FILE -data-dir DIR restores with files 0600 and directories 0700" restore_ok
+sed "s|^data_dir = .*|data_dir = \"$TMP/restored\"|" "$CONF" >"$TMP/restored.toml"
+CONF_ORIG=$CONF
+CONF=$TMP/restored.toml
+echo "--- start on the restored data_dir ---" >>"$TMP/hermod.log"
+start_hermod || fatal "hermod starts on the restored data_dir"
+ok "hermod starts on the restored data_dir"
+start_sink || notok "smtp-sink restarts"
+check "from the restored data_dir, every message acknowledged before the backup is sent" \
+	eval 'wait_until 30 ids_sent "$TMP/bk-a.txt" "http://127.0.0.1:$APIPORT" "$TMP/restored/api.token" >/dev/null || diag "$(ids_sent "$TMP/bk-a.txt" "http://127.0.0.1:$APIPORT" "$TMP/restored/api.token")"'
+check "and each arrived at the sink" \
+	eval 'n=$(grep -rhoE "durability [0-9]+ of bkA-$RUN" "$SINKDIR" | sort -u | wc -l); [ "$n" -eq 50 ] || diag "$n of 50 in the sink"'
+
+# ---------------------------------------------------------------------------
+# o. DKIM key rollover of a customer domain (issue 14, h-keys), on the
+# restored daemon (the restore kept acme's verified example.test)
+
+ROT_NAME=
+ROT_TXT=
+ROT_VALUE=
+rotate_start() {
+	local out js
+	out=$(hq domain rotate acme example.test 2>&1) || diag "$out" || return 1
+	js=$(api /v1/accounts/acme/domains/example.test) || diag "API request failed" || return 1
+	eval "$("$PY" -P -c '
+import json, sys, shlex
+r = json.loads(sys.argv[1]).get("rotation") or {}
+print("ROT_NAME=" + shlex.quote(r.get("record", {}).get("name", "")) + "; ROT_VALUE=" + shlex.quote(r.get("record", {}).get("value", "")) + "; ROT_TXT=" + shlex.quote(r.get("public_txt", "")))
+' "$js")"
+	[[ "$ROT_NAME" =~ ^[a-z0-9]+\._domainkey\.example\.test$ ]] && [ "$ROT_NAME" != "${DKIM_NAME%.}" ] || diag "new record name '$ROT_NAME' (old $DKIM_NAME): $js" || return 1
+	grep -qF "$ROT_NAME" <<<"$out" && grep -qF "Key rollover" <<<"$out" || diag "domain rotate output: $out"
+}
+check "hermod domain rotate acme example.test shows a new TXT record under a new selector" rotate_start
+# rot_mail TAG: submits From taro@example.test, prints the sink file once delivered.
+rot_mail() {
+	sub "$TMP/rot-$1.txt" --from member@example.test --to "rot-$1@dest.test" \
+		--header 'From: Taro <taro@example.test>' --header 'X-Hermod-Account: acme' \
+		--body "rollover $1 $RUN" >/dev/null || return 1
+	wait_until 20 has_sink_file "rollover $1 $RUN" || return 1
+	sleep 0.3
+	sink_file "rollover $1 $RUN"
+}
+check "before the new record is in DNS, mail is signed with the old key (dkimpy, old record)" \
+	eval 'f=$(rot_mail before) || diag "not delivered" || return 1; out=$(msg dkim "$f" example.test "$DKIM_NAME" "$DKIM_TXT" 2>&1) || diag "$out"'
+[ -n "$ROT_NAME" ] && echo "$ROT_NAME. TXT $ROT_VALUE" >>"$ZONE"
+rotate_done() {
+	local out
+	out=$(hq domain check acme example.test 2>&1) || diag "$out" || return 1
+	out=$(hq domain show acme example.test 2>&1) || diag "$out" || return 1
+	grep -qE "Key rollover done .*may be removed after [0-9]{4}-" <<<"$out" || diag "$out"
+}
+check "once the new record is seen, hermod domain show states when the old record may be removed" rotate_done
+check "after the switch, mail is signed with the new key (dkimpy, new record)" \
+	eval 'f=$(rot_mail after) || diag "not delivered" || return 1; out=$(msg dkim "$f" example.test "$ROT_NAME" "$ROT_TXT" 2>&1) || diag "$out"'
+
+# ---------------------------------------------------------------------------
+# p. platform DKIM key rollover (issue 14, h-keys)
+
+PROT_NAME=
+PROT_TXT=
+PROT_ZONE=
+prot_mail() { # prot_mail TAG: platform mail (From rewritten to the platform), prints the sink file
+	sub "$TMP/prot-$1.txt" --from member@customer.test --to "prot-$1@dest.test" \
+		--header 'From: "Taro" <taro@customer.test>' --body "platform rollover $1 $RUN" >/dev/null || return 1
+	wait_until 20 has_sink_file "platform rollover $1 $RUN" || return 1
+	sleep 0.3
+	sink_file "platform rollover $1 $RUN"
+}
+dkim_rotate() {
+	local out
+	out=$(hq dkim rotate 2>&1) || diag "$out" || return 1
+	PROT_ZONE=$(grep -E '^hm[0-9]+\._domainkey\.makeleaps\.test\.	TXT	"' <<<"$out")
+	PROT_NAME=$(cut -f1 <<<"$PROT_ZONE")
+	PROT_TXT=$(cut -f3 <<<"$PROT_ZONE" | sed -E 's/" "//g; s/^"//; s/"$//')
+	[ -n "$PROT_NAME" ] && [[ "$PROT_TXT" =~ ^v=DKIM1\;\ k=rsa\;\ p= ]] && grep -q "selector hermod signs until" <<<"$out" || diag "$out"
+}
+check "hermod dkim rotate shows the new platform record as zone text under a new selector" dkim_rotate
+check "hermod dkim rotate again while pending is refused" eval '! hq dkim rotate >/dev/null 2>&1'
+check "before the new record is in DNS, platform mail is signed with the old key (dkimpy)" \
+	eval 'f=$(prot_mail before) || diag "not delivered" || return 1; out=$(msg dkim "$f" makeleaps.test hermod._domainkey.makeleaps.test. "$PLATFORM_TXT" 2>&1) || diag "$out"'
+[ -n "$PROT_ZONE" ] && echo "$PROT_ZONE" >>"$ZONE"
+check "once hermod dkim check sees the new record, it says when the old one may be removed" \
+	eval 'out=$(hq dkim check 2>&1); grep -qE "Key rollover done .*may be removed after [0-9]{4}-" <<<"$out" || diag "$out"'
+check "hermod dkim show prints the new selector's record" eval 'out=$(hq dkim show 2>&1); grep -qF "$PROT_NAME" <<<"$out" || diag "$out"'
+check "after the switch, platform mail is signed with the new key (dkimpy)" \
+	eval 'f=$(prot_mail after) || diag "not delivered" || return 1; out=$(msg dkim "$f" makeleaps.test "$PROT_NAME" "$PROT_TXT" 2>&1) || diag "$out"'

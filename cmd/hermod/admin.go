@@ -73,12 +73,12 @@ func (c *cli) accountCmd(args []string) error {
 
 func (c *cli) domainCmd(args []string) error {
 	if len(args) == 0 {
-		return usageError("usage: hermod domain add|ls|show|rm|check ACCOUNT [DOMAIN]")
+		return usageError("usage: hermod domain add|ls|show|rm|check|rotate ACCOUNT [DOMAIN]")
 	}
 	switch args[0] {
-	case "add", "ls", "show", "rm", "check":
+	case "add", "ls", "show", "rm", "check", "rotate":
 	default:
-		return usageError("unknown domain command %q: use add, ls, show, rm or check", args[0])
+		return usageError("unknown domain command %q: use add, ls, show, rm, check or rotate", args[0])
 	}
 	fs, path := c.flags("domain " + args[0])
 	pos, err := parse(fs, args[1:])
@@ -126,6 +126,8 @@ func (c *cli) domainCmd(args []string) error {
 		err = cl.Do(ctx, "GET", base+"/"+url.PathEscape(pos[1]), nil, nil, &d)
 	case "check":
 		err = cl.Do(ctx, "POST", base+"/"+url.PathEscape(pos[1])+"/check", nil, nil, &d)
+	case "rotate":
+		err = cl.Do(ctx, "POST", base+"/"+url.PathEscape(pos[1])+"/rotate", nil, nil, &d)
 	case "rm":
 		if err := cl.Do(ctx, "DELETE", base+"/"+url.PathEscape(pos[1]), nil, nil, nil); err != nil {
 			return err
@@ -172,6 +174,7 @@ func (c *cli) printDomain(d api.DomainView) {
 			fmt.Fprintf(c.stdout, "  zone:   %s\n", r.Zone)
 		}
 	}
+	c.printRotation(d)
 	fmt.Fprintln(c.stdout)
 	if !d.LastCheck.IsZero() {
 		fmt.Fprintf(c.stdout, "last check %s\n", d.LastCheck.Local().Format("2006-01-02 15:04:05"))

@@ -357,8 +357,11 @@ func (c *cli) status(args []string) error {
 }
 
 func (c *cli) dkimCmd(args []string) error {
+	if len(args) > 0 && (args[0] == "rotate" || args[0] == "check") {
+		return c.dkimRotate(args[0], args[1:])
+	}
 	if len(args) == 0 || args[0] != "show" {
-		return usageError("usage: hermod dkim show [-config FILE]")
+		return usageError("usage: hermod dkim show|rotate|check [-config FILE]")
 	}
 	fs, path := c.flags("dkim show")
 	if _, err := parse(fs, args[1:]); err != nil {
@@ -368,7 +371,11 @@ func (c *cli) dkimCmd(args []string) error {
 	if err != nil {
 		return err
 	}
-	key, err := os.ReadFile(cfg.DataPath(cfg.Sender.DKIMKeyFile))
+	selector, keyFile, _, err := daemon.PlatformKey(cfg)
+	if err != nil {
+		return err
+	}
+	key, err := os.ReadFile(keyFile)
 	if err != nil {
 		return fmt.Errorf("sender.dkim_key_file: %w (it is generated when `hermod serve` first starts)", err)
 	}
@@ -380,7 +387,7 @@ func (c *cli) dkimCmd(args []string) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintln(c.stdout, dkim.ZoneRecord(cfg.Sender.DKIMSelector+"._domainkey."+cfg.Sender.DKIMDomain, txt))
+	fmt.Fprintln(c.stdout, dkim.ZoneRecord(selector+"._domainkey."+cfg.Sender.DKIMDomain, txt))
 	return nil
 }
 

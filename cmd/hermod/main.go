@@ -36,11 +36,14 @@ Usage:
   hermod status ID                         per-recipient status with the user's wording
   hermod account set ID --owner ADDR --custom-domain=true|false
   hermod account show ID
-  hermod domain add|ls|show|rm|check ACCOUNT [DOMAIN]
+  hermod domain add|ls|show|rm|check|rotate ACCOUNT [DOMAIN]
   hermod suppress ls [-account A] [-address PREFIX] | show ADDR | add ADDR [-reason R] | rm ADDR
   hermod dkim show                         the platform DKIM TXT record to publish
+  hermod dkim rotate | dkim check          platform key rollover: new key and selector; the old key signs until the new record is seen
   hermod bounce parse FILE...              classify bounce messages (no daemon needed)
   hermod store check                       check the store offline (hermod must be stopped)
+  hermod backup -o FILE [-secrets]         consistent archive of the running daemon's store and bodies
+  hermod restore FILE -data-dir DIR        unpack a backup offline into a new, empty directory
   hermod bench [-n N] [-c C] [-size B] [-peer postfix]   load benchmark on loopback
 
 Every subcommand takes -config FILE; without it, $HERMOD_CONFIG, then
@@ -85,6 +88,10 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		err = c.bench(args[1:])
 	case "store":
 		err = c.storeCmd(args[1:])
+	case "backup":
+		err = c.backup(args[1:])
+	case "restore":
+		err = c.restore(args[1:])
 	default:
 		err = usageError("unknown command %q (see hermod help)", args[0])
 	}
