@@ -1009,7 +1009,7 @@ sigterm() {
 check "SIGTERM: hermod exits 0 within shutdown_timeout" sigterm
 
 # ---------------------------------------------------------------------------
-# n. backup under load and restore (issue 14, h-keys)
+# q. backup under load and restore (issue 14)
 
 # ids_sent IDS-FILE BASE TOKEN-FILE: every "id rcpt n" line of IDS-FILE is
 # sent according to the API at BASE.
@@ -1079,7 +1079,7 @@ check "and each arrived at the sink" \
 	eval 'n=$(grep -rhoE "durability [0-9]+ of bkA-$RUN" "$SINKDIR" | sort -u | wc -l); [ "$n" -eq 50 ] || diag "$n of 50 in the sink"'
 
 # ---------------------------------------------------------------------------
-# o. DKIM key rollover of a customer domain (issue 14, h-keys), on the
+# r. DKIM key rollover of a customer domain (issue 14), on the
 # restored daemon (the restore kept acme's verified example.test)
 
 ROT_NAME=
@@ -1121,7 +1121,7 @@ check "after the switch, mail is signed with the new key (dkimpy, new record)" \
 	eval 'f=$(rot_mail after) || diag "not delivered" || return 1; out=$(msg dkim "$f" example.test "$ROT_NAME" "$ROT_TXT" 2>&1) || diag "$out"'
 
 # ---------------------------------------------------------------------------
-# p. platform DKIM key rollover (issue 14, h-keys)
+# s. platform DKIM key rollover (issue 14)
 
 PROT_NAME=
 PROT_TXT=
