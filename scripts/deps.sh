@@ -7,9 +7,9 @@
 #     function defined below (tools that are not plain apt installs);
 #   - the probe is run exactly as the tests run the tool: the same path or
 #     interpreter, the same flags, from the repository root (a bare
-#     `python3 -c 'import dkim'` there imports the repository's own dkim/
-#     directory, so every Python probe uses /usr/bin/python3 -P, as the tests
-#     do);
+#     python3 probe for the dkim module, run there without -P, imports the
+#     repository's own dkim/ directory, so every Python probe uses
+#     /usr/bin/python3 -P, as the tests do);
 #   - the version command prints one line for the log, so a CI run shows
 #     exactly what it depended on.
 # Add a row when a test starts using a new tool; the test must use the tool
