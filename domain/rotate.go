@@ -55,19 +55,7 @@ func nextKeyName(name, selector string) []byte { return []byte(name + "\x00" + s
 // beside the current one. The current key signs until the new record is
 // seen. A rollover already pending is refused (CodeRotationPending).
 func (s *Store) RotateKey(accountID, name string) (Domain, error) {
-	key, err := dkim.GenerateKey(dkim.Algorithm(s.opts.Algorithm))
-	if err != nil {
-		return Domain{}, fmt.Errorf("domain: generate key: %w", err)
-	}
-	pemKey, err := dkim.MarshalKey(key)
-	if err != nil {
-		return Domain{}, fmt.Errorf("domain: marshal key: %w", err)
-	}
-	txt, err := dkim.TXTRecord(key.Public())
-	if err != nil {
-		return Domain{}, fmt.Errorf("domain: TXT record: %w", err)
-	}
-	selector, err := newSelector()
+	pemKey, txt, selector, err := s.newKey()
 	if err != nil {
 		return Domain{}, err
 	}

@@ -111,19 +111,7 @@ func (s *Store) AddDomain(accountID, input string) (Domain, error) {
 		return Domain{}, err
 	}
 
-	key, err := dkim.GenerateKey(dkim.Algorithm(s.opts.Algorithm))
-	if err != nil {
-		return Domain{}, fmt.Errorf("domain: generate key: %w", err)
-	}
-	pemKey, err := dkim.MarshalKey(key)
-	if err != nil {
-		return Domain{}, fmt.Errorf("domain: marshal key: %w", err)
-	}
-	txt, err := dkim.TXTRecord(key.Public())
-	if err != nil {
-		return Domain{}, fmt.Errorf("domain: TXT record: %w", err)
-	}
-	selector, err := newSelector()
+	pemKey, txt, selector, err := s.newKey()
 	if err != nil {
 		return Domain{}, err
 	}
@@ -328,4 +316,23 @@ func newSelector() (string, error) {
 		b[i] = alphabet[int(b[i])%len(alphabet)]
 	}
 	return "hm" + string(b), nil
+}
+
+// newKey makes a domain's DKIM key under a new selector: the key as PEM,
+// its TXT record value and the selector.
+func (s *Store) newKey() (pemKey []byte, txt, selector string, err error) {
+	key, err := dkim.GenerateKey(dkim.Algorithm(s.opts.Algorithm))
+	if err != nil {
+		return nil, "", "", fmt.Errorf("domain: generate key: %w", err)
+	}
+	if pemKey, err = dkim.MarshalKey(key); err != nil {
+		return nil, "", "", fmt.Errorf("domain: marshal key: %w", err)
+	}
+	if txt, err = dkim.TXTRecord(key.Public()); err != nil {
+		return nil, "", "", fmt.Errorf("domain: TXT record: %w", err)
+	}
+	if selector, err = newSelector(); err != nil {
+		return nil, "", "", err
+	}
+	return pemKey, txt, selector, nil
 }
