@@ -83,7 +83,9 @@ func TestDeliverDeferRetryBounceExpire(t *testing.T) {
 	d.script["gone@a.test"] = []Result{{Status: StatusBounced, Code: 550, EnhancedCode: "5.1.1", Text: "5.1.1 no such user", Reason: "user-unknown"}}
 	d.script["slow@a.test"] = []Result{{Status: StatusDeferred, Code: 421, Text: "busy"}}
 	ctx, cancel := context.WithCancel(context.Background())
-	r := NewRunner(s, d, RunnerOptions{Retry: []time.Duration{20 * time.Millisecond}, MaxAge: 300 * time.Millisecond})
+	// The lifetime leaves room for the first attempts on a slow machine
+	// (-race): with 300 ms a first attempt could already come too late.
+	r := NewRunner(s, d, RunnerOptions{Retry: []time.Duration{20 * time.Millisecond}, MaxAge: 2 * time.Second})
 	done := make(chan struct{})
 	go func() { r.Run(ctx); close(done) }()
 	defer func() { cancel(); <-done }()

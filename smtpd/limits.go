@@ -504,6 +504,12 @@ wait:
 			errs = append(errs, err)
 		}
 	}
+	// go-smtp closes only the listeners its Serve has seen: a Serve that
+	// registered here but had not yet started would wait in Accept forever
+	// (a stop right after the start). Closing the listener ends its Accept.
+	for _, l := range listeners {
+		l.Close()
+	}
 	return errors.Join(errs...)
 }
 

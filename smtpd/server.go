@@ -109,6 +109,10 @@ type Server struct {
 	dummy   []byte
 	tlsConf *tls.Config
 	srvs    servers
+
+	// registered, in tests, runs between a listener's registration and
+	// go-smtp's Serve: the window in which a stop once went unseen.
+	registered func()
 }
 
 // New returns a submission server.
@@ -235,6 +239,9 @@ func (s *Server) Serve(l net.Listener, implicitTLS bool) error {
 		return nil // stopping already
 	}
 	lim.startTLS, lim.implicitTLS = !implicitTLS && tc != nil, implicitTLS
+	if s.registered != nil {
+		s.registered()
+	}
 	ll := net.Listener(lim)
 	if implicitTLS {
 		ll = tls.NewListener(ll, tc)
