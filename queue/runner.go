@@ -110,6 +110,10 @@ type Runner struct {
 	scanFrom   []byte              // the time index is read on from after this key (nil: from the start)
 	overflow   map[string]struct{} // destinations with more due entries than their list holds
 	lastRescan time.Time
+	// missed remembers due entries read while their recipient was still in
+	// flight (its next due time written, the attempt not yet wound up): when
+	// it is, the time index is read again from there.
+	missed map[itemKey]time.Time
 
 	// abortCtx is the context of deliveries: Abort cancels it, so that a
 	// stop can cut deliveries in progress short (they go back to due,
@@ -131,7 +135,7 @@ func NewRunner(s *Store, d Deliverer, opts RunnerOptions) *Runner {
 	}
 	actx, abort := context.WithCancel(context.Background())
 	return &Runner{store: s, del: d, opts: opts, inflight: map[itemKey]struct{}{}, perDest: map[string]int{},
-		queued: map[itemKey]struct{}{}, ready: map[string][]dueItem{}, overflow: map[string]struct{}{},
+		queued: map[itemKey]struct{}{}, ready: map[string][]dueItem{}, overflow: map[string]struct{}{}, missed: map[itemKey]time.Time{},
 		abortCtx: actx, abort: abort}
 }
 
@@ -328,6 +332,9 @@ func (r *Runner) enqueueReady(k []byte, dest string) {
 		return
 	}
 	if _, busy := r.inflight[ik]; busy {
+		if t, seen := r.missed[ik]; !seen || dueTime(k).Before(t) {
+			r.missed[ik] = dueTime(k)
+		}
 		return
 	}
 	if _, listed := r.queued[ik]; listed {
@@ -340,6 +347,9 @@ func (r *Runner) enqueueReady(k []byte, dest string) {
 	r.ready[dest] = append(r.ready[dest], it)
 	r.queued[ik] = struct{}{}
 }
+
+// dueTime is the time of a time-index key.
+func dueTime(k []byte) time.Time { return time.Unix(0, int64(binary.BigEndian.Uint64(k))) }
 
 // refill reads dest's due entries from the per-destination index into its
 // list; it reports whether more due entries remain than the list took.
@@ -419,6 +429,12 @@ func (r *Runner) start(it dueItem) {
 		releaseSlots()
 		r.mu.Lock()
 		delete(r.inflight, it.key)
+		if t, ok := r.missed[it.key]; ok {
+			delete(r.missed, it.key)
+			if hk := seqKey(uint64(t.UnixNano())); r.scanFrom != nil && string(hk) < string(r.scanFrom) {
+				r.scanFrom = hk
+			}
+		}
 		r.mu.Unlock()
 		r.store.wake()
 	}()

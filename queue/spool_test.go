@@ -494,3 +494,30 @@ func TestSlowDestinationDoesNotStarveOthers(t *testing.T) {
 		t.Errorf("slow.test had %d deliveries at once, cap 3", slowMax)
 	}
 }
+
+// TestDueWhileWindingUp: a recipient whose next attempt falls due before
+// its previous attempt has been wound up (the result is written, the
+// attempt's bookkeeping still runs) is attempted again at once, not after
+// the scheduler's next full read of the time index.
+func TestDueWhileWindingUp(t *testing.T) {
+	s := openStore(t, filepath.Join(t.TempDir(), "q.db"), nil)
+	defer s.Close()
+	d := newScripted()
+	d.script["later@a.test"] = []Result{{Status: StatusDeferred, Code: 451, Text: "later"}, {Status: StatusSent, Code: 250}}
+	ctx, cancel := context.WithCancel(context.Background())
+	r := NewRunner(s, d, RunnerOptions{Retry: []time.Duration{10 * time.Millisecond},
+		// The attempt winds up slowly: its next due time passes meanwhile.
+		OnAttempt: func(Delivery, Result, time.Duration) { time.Sleep(60 * time.Millisecond) }})
+	done := make(chan struct{})
+	go func() { r.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	m := newMessage("later@a.test")
+	start := time.Now()
+	if err := s.Enqueue(ctx, m, []byte("Subject: x\r\n\r\nbody\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	waitStatus(t, s, m.ID, 0, StatusSent)
+	if took := time.Since(start); took > 3*time.Second {
+		t.Errorf("second attempt after %s; it was due after 10 ms", took)
+	}
+}
