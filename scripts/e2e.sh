@@ -747,8 +747,10 @@ else
 	notok "hermod restarts after kill -9"
 fi
 start_sink || notok "smtp-sink restarts"
-all_sent() {
-	"$PY" -P - "$TMP/bulk-ids.txt" "http://127.0.0.1:$APIPORT" "$(cat "$TMP/data/api.token")" <<'EOF'
+# ids_sent IDS-FILE BASE TOKEN-FILE: every "id rcpt n" line of IDS-FILE is
+# sent according to the API at BASE.
+ids_sent() {
+	"$PY" -P - "$1" "$2" "$(cat "$3")" <<'EOF'
 import json, sys, urllib.request
 ids, base, tok = sys.argv[1], sys.argv[2], sys.argv[3]
 bad = []
@@ -766,6 +768,8 @@ print('\n'.join(bad[:5]) + ('\n(%d not sent)' % len(bad) if bad else ''))
 sys.exit(1 if bad else 0)
 EOF
 }
+# all_sent: every message of the kill -9 burst is sent.
+all_sent() { ids_sent "$TMP/bulk-ids.txt" "http://127.0.0.1:$APIPORT" "$TMP/data/api.token"; }
 # bulk_markers: the "durability N of RUN" markers in the sink, one per file.
 bulk_markers() { grep -rhoE "durability [0-9]+ of $RUN" "$SINKDIR" 2>/dev/null || true; }
 all_arrived() {
@@ -1011,27 +1015,6 @@ check "SIGTERM: hermod exits 0 within shutdown_timeout" sigterm
 # ---------------------------------------------------------------------------
 # q. backup under load and restore (issue 14)
 
-# ids_sent IDS-FILE BASE TOKEN-FILE: every "id rcpt n" line of IDS-FILE is
-# sent according to the API at BASE.
-ids_sent() {
-	"$PY" -P - "$1" "$2" "$(cat "$3")" <<'EOF'
-import json, sys, urllib.request
-ids, base, tok = sys.argv[1], sys.argv[2], sys.argv[3]
-bad = []
-for line in open(ids):
-    mid, rcpt, _ = line.split()
-    try:
-        req = urllib.request.Request(base + '/v1/messages/' + mid, headers={'Authorization': 'Bearer ' + tok})
-        m = json.load(urllib.request.urlopen(req, timeout=5))
-        st = [r['status'] for r in m['recipients'] if r['address'] == rcpt]
-    except Exception as e:
-        st = [str(e)]
-    if st != ['sent']:
-        bad.append('%s %s %s' % (mid, rcpt, st))
-print('\n'.join(bad[:5]) + ('\n(%d not sent)' % len(bad) if bad else ''))
-sys.exit(1 if bad else 0)
-EOF
-}
 stop_pid "$SINK_PID" # the mail acknowledged before the backup waits in the queue
 SINK_PID=
 echo "--- start for backup ---" >>"$TMP/hermod.log"
