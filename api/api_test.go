@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/hermod-mta/hermod/control"
 	"io"
 	"net"
 	"net/http"
@@ -63,11 +64,15 @@ func newAPI(t *testing.T) *apiEnv {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	ds, err := domain.Open(st.DB(), domain.Options{BounceHost: "m.makeleaps.test", Algorithm: "ed25519", Resolver: noDNS{}})
+	cs, err := control.OpenBolt(st.DB())
 	if err != nil {
 		t.Fatal(err)
 	}
-	sl, err := suppress.Open(st.DB(), suppress.Options{})
+	ds, err := domain.Open(cs, domain.Options{BounceHost: "m.makeleaps.test", Algorithm: "ed25519", Resolver: noDNS{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sl, err := suppress.Open(cs, suppress.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

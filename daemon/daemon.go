@@ -23,6 +23,7 @@ import (
 	"github.com/hermod-mta/hermod/api"
 	"github.com/hermod-mta/hermod/bounce"
 	"github.com/hermod-mta/hermod/config"
+	"github.com/hermod-mta/hermod/control"
 	"github.com/hermod-mta/hermod/dkim"
 	"github.com/hermod-mta/hermod/domain"
 	"github.com/hermod-mta/hermod/mailbox"
@@ -45,7 +46,10 @@ type Daemon struct {
 	cfg *config.Config
 	log *slog.Logger
 
-	Store    *queue.Store
+	Store *queue.Store
+	// Control holds accounts, domains, keys and suppressions: buckets of
+	// the store's file on one node, etcd on a cluster.
+	Control  control.Store
 	Suppress *suppress.List
 	Domains  *domain.Store
 	Relay    *relay.Relay
@@ -147,7 +151,10 @@ func New(cfg *config.Config, log *slog.Logger, o Options) (_ *Daemon, err error)
 	if err != nil {
 		return nil, err
 	}
-	d.Suppress, err = suppress.Open(d.Store.DB(), suppress.Options{Scope: cfg.Suppress.Scope,
+	if d.Control, err = d.openControl(); err != nil {
+		return nil, err
+	}
+	d.Suppress, err = suppress.Open(d.Control, suppress.Options{Scope: cfg.Suppress.Scope,
 		SoftBounceLimit: cfg.Suppress.SoftBounceLimit, ExpireAfter: cfg.Suppress.ExpireAfter, Now: o.Now})
 	if err != nil {
 		return nil, fmt.Errorf("open suppression list: %w", err)
@@ -197,7 +204,7 @@ func New(cfg *config.Config, log *slog.Logger, o Options) (_ *Daemon, err error)
 	resolver.SetObserver(dnsObserver(m))
 	d.platformKeys = &platformKeys{cfg: cfg, signer: d.PlatformSigner, resolver: resolver,
 		grace: cfg.Relay.MaxAge + 24*time.Hour, now: o.Now, log: log}
-	d.Domains, err = domain.Open(d.Store.DB(), domain.Options{
+	d.Domains, err = domain.Open(d.Control, domain.Options{
 		ReturnPathLabel: cfg.Sender.ReturnPathLabel, BounceHost: cfg.Bounce.Domain, Algorithm: cfg.Sender.DKIMAlgorithm,
 		VerifyTimeout: cfg.Sender.VerifyTimeout, FreemailExtra: cfg.Sender.FreemailExtra, PlatformDomains: platformDomains(cfg),
 		Resolver: resolver, Notifier: notifier, Now: o.Now, Logger: log,
@@ -255,6 +262,16 @@ func New(cfg *config.Config, log *slog.Logger, o Options) (_ *Daemon, err error)
 	d.Store.ObserveBatches(func(n int) { m.CommitBatch.Observe(float64(n)) })
 	d.registerGauges()
 	return d, nil
+}
+
+// openControl opens the control data: on one node, buckets of the spool's
+// own bbolt file.
+func (d *Daemon) openControl() (control.Store, error) {
+	cs, err := control.OpenBolt(d.Store.DB())
+	if err != nil {
+		return nil, fmt.Errorf("open control data: %w", err)
+	}
+	return cs, nil
 }
 
 // mailboxMinFree is the free space the postmaster@/abuse@ mailbox leaves on

@@ -9,9 +9,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/hermod-mta/hermod/dkim"
 	"github.com/hermod-mta/hermod/relay"
-	"go.etcd.io/bbolt"
+	"github.com/hermod-mta/hermod/control"
 )
 
 // Check schedule (seed: "verification may take tens of minutes to hours"):
@@ -43,7 +42,7 @@ type finding struct {
 // matches ErrNotFound for an unknown domain, or is a storage error.
 func (s *Store) Check(ctx context.Context, accountID, name string) (Domain, error) {
 	var d stored
-	err := s.db.View(func(tx *bbolt.Tx) error {
+	err := s.db.View(func(tx control.Tx) error {
 		var err error
 		d, err = getOwnDomain(tx, accountID, name)
 		return err
@@ -60,7 +59,7 @@ func (s *Store) Check(ctx context.Context, accountID, name string) (Domain, erro
 func (s *Store) CheckDue(ctx context.Context) (int, error) {
 	now := s.opts.Now()
 	var due []Domain
-	err := s.db.View(func(tx *bbolt.Tx) error {
+	err := s.db.View(func(tx control.Tx) error {
 		c := tx.Bucket(bucketDue).Cursor()
 		limit := dueKey(now, "")
 		for k, _ := c.First(); k != nil && bytes.Compare(k[:8], limit) <= 0; k, _ = c.Next() {
@@ -113,7 +112,7 @@ func (s *Store) Run(ctx context.Context) error {
 func (s *Store) nextDue() (time.Time, bool) {
 	var next time.Time
 	var ok bool
-	_ = s.db.View(func(tx *bbolt.Tx) error {
+	_ = s.db.View(func(tx control.Tx) error {
 		if k, _ := tx.Bucket(bucketDue).Cursor().First(); k != nil {
 			next, ok = time.Unix(0, int64(beUint64(k[:8]))), true
 		}
@@ -141,7 +140,7 @@ func (s *Store) check(ctx context.Context, d Domain, manual bool) (Domain, error
 
 	var cur stored
 	var acct Account
-	err := s.update(func(tx *bbolt.Tx) error {
+	err := s.update(func(tx control.Tx) error {
 		var err error
 		if cur, err = getDomain(tx, d.Name); err != nil {
 			return err
@@ -160,15 +159,7 @@ func (s *Store) check(ctx context.Context, d Domain, manual bool) (Domain, error
 			}
 		}
 		return putDomain(tx, &old, &cur)
-	}, func() {
-		if cur.Status == StatusVerified {
-			if k, ok := s.verified[cur.Name]; !ok || k.selector != cur.Selector {
-				s.loadKeyLocked(cur.Domain)
-			}
-		} else {
-			delete(s.verified, cur.Name)
-		}
-	})
+	}, nil, []string{d.Name})
 	if err != nil {
 		var e *Error
 		if errors.As(err, &e) {
@@ -180,22 +171,6 @@ func (s *Store) check(ctx context.Context, d Domain, manual bool) (Domain, error
 		"dkim_ok", cur.DKIM.OK, "cname_ok", cur.CNAME.OK, "check_error", cur.CheckError)
 	s.notify(ctx, acct, cur.Name)
 	return s.Domain(cur.Account, cur.Name)
-}
-
-// loadKeyLocked puts a newly verified domain's key in the cache; s.mu is
-// held. A key that cannot be read keeps the domain out of use.
-func (s *Store) loadKeyLocked(d Domain) {
-	var pem []byte
-	_ = s.db.View(func(tx *bbolt.Tx) error {
-		pem = bytes.Clone(tx.Bucket(bucketKeys).Get([]byte(d.Name)))
-		return nil
-	})
-	key, err := dkim.ParseKey(pem)
-	if err != nil {
-		s.log.Error("domain key unreadable, domain not used", "domain", d.Name, "account", d.Account, "err", err)
-		return
-	}
-	s.verified[d.Name] = signingKey{d.Account, d.Selector, key}
 }
 
 // apply is the status walk: it records the findings in d, moves its
@@ -309,7 +284,7 @@ func (s *Store) notify(ctx context.Context, acct Account, name string) {
 	s.notifyMu.Lock()
 	defer s.notifyMu.Unlock()
 	var d stored
-	if err := s.db.View(func(tx *bbolt.Tx) error {
+	if err := s.db.View(func(tx control.Tx) error {
 		var err error
 		d, err = getDomain(tx, name)
 		return err
@@ -339,7 +314,7 @@ func (s *Store) notify(ctx context.Context, acct Account, name string) {
 	if sent == 0 {
 		return
 	}
-	err := s.update(func(tx *bbolt.Tx) error {
+	err := s.update(func(tx control.Tx) error {
 		cur, err := getDomain(tx, name)
 		if err != nil || cur.Selector != d.Selector || len(cur.Pending) < sent {
 			return nil // removed meanwhile
@@ -347,7 +322,7 @@ func (s *Store) notify(ctx context.Context, acct Account, name string) {
 		old := cur
 		cur.Pending = cur.Pending[sent:]
 		return putDomain(tx, &old, &cur)
-	}, nil)
+	}, nil, nil)
 	if err != nil {
 		s.log.Error("domain notification: clear", "domain", name, "err", err)
 	}

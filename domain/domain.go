@@ -4,7 +4,7 @@
 // background DNS verification that walks a domain from pending to verified
 // and tells the account owner.
 //
-// Data lives in buckets of a *bbolt.DB owned by the caller:
+// Data lives in buckets of a control.Store owned by the caller:
 //
 //	account             account ID → Account JSON
 //	domain              A-label domain → Domain JSON (one domain, one owner)
@@ -13,8 +13,8 @@
 //	domainkeys          A-label domain → PKCS#8 PEM private key
 //
 // The sender rule asks IsVerified and SigningKey on every message; both
-// read an in-memory copy rebuilt at Open and updated after every committed
-// write, never bbolt.
+// read an in-memory copy built at Open and refreshed after every committed
+// write, this node's or (on a cluster) another's, never the store.
 package domain
 
 import (
@@ -29,15 +29,15 @@ import (
 	"time"
 
 	"github.com/hermod-mta/hermod/dkim"
-	"go.etcd.io/bbolt"
+	"github.com/hermod-mta/hermod/control"
 )
 
-var (
-	bucketAccount   = []byte("account")
-	bucketDomain    = []byte("domain")
-	bucketByAccount = []byte("domain.account")
-	bucketDue       = []byte("domain.due")
-	bucketKeys      = []byte("domainkeys")
+const (
+	bucketAccount   = "account"
+	bucketDomain    = "domain"
+	bucketByAccount = "domain.account"
+	bucketDue       = "domain.due"
+	bucketKeys      = "domainkeys"
 )
 
 // Account is a company account. The custom-domain option belongs to the
@@ -187,13 +187,13 @@ type Options struct {
 
 // Store is the account and domain store. It is safe for concurrent use.
 type Store struct {
-	db   *bbolt.DB
+	db   control.Store
 	opts Options
 	log  *slog.Logger
 
-	// writeMu serialises bbolt writes with the cache updates that follow
-	// their commit, so that the cache never goes back in time.
-	writeMu sync.Mutex
+	// cacheMu serialises the reads of the store that the in-memory copy
+	// is made from with the updates of the copy (refresh, reload).
+	cacheMu sync.Mutex
 	// notifyMu serialises sending and clearing pending notices.
 	notifyMu sync.Mutex
 
@@ -214,7 +214,7 @@ type signingKey struct {
 // Open creates the buckets if needed and loads the in-memory caches. The
 // db stays owned by the caller. It returns an error when BounceHost or
 // Resolver is missing, an option is invalid, or the database fails.
-func Open(db *bbolt.DB, opts Options) (*Store, error) {
+func Open(db control.Store, opts Options) (*Store, error) {
 	if opts.ReturnPathLabel == "" {
 		opts.ReturnPathLabel = "hermod-bounce"
 	}
@@ -257,44 +257,10 @@ func Open(db *bbolt.DB, opts Options) (*Store, error) {
 		accounts: make(map[string]bool),
 		verified: make(map[string]signingKey),
 	}
-	err = db.Update(func(tx *bbolt.Tx) error {
-		for _, b := range [][]byte{bucketAccount, bucketDomain, bucketByAccount, bucketDue, bucketKeys} {
-			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
-				return fmt.Errorf("create bucket %s: %w", b, err)
-			}
-		}
-		err := tx.Bucket(bucketAccount).ForEach(func(k, v []byte) error {
-			var a Account
-			if err := json.Unmarshal(v, &a); err != nil {
-				return fmt.Errorf("account %q: %w", k, err)
-			}
-			s.accounts[a.ID] = a.CustomDomain
-			return nil
-		})
-		if err != nil {
-			return err
-		}
-		return tx.Bucket(bucketDomain).ForEach(func(k, v []byte) error {
-			var d stored
-			if err := json.Unmarshal(v, &d); err != nil {
-				return fmt.Errorf("domain %q: %w", k, err)
-			}
-			if d.Status != StatusVerified {
-				return nil
-			}
-			key, err := dkim.ParseKey(tx.Bucket(bucketKeys).Get(k))
-			if err != nil {
-				// Not fatal: the domain falls back to the platform sender.
-				s.log.Error("domain key unreadable, domain not used", "domain", d.Name, "account", d.Account, "err", err)
-				return nil
-			}
-			s.verified[d.Name] = signingKey{d.Account, d.Selector, key}
-			return nil
-		})
-	})
-	if err != nil {
+	if err := s.reload(); err != nil {
 		return nil, fmt.Errorf("domain: open: %w", err)
 	}
+	db.Subscribe(s.changed)
 	return s, nil
 }
 
@@ -323,20 +289,151 @@ func (s *Store) SigningKey(domain string) (accountID string, selector string, ke
 	return k.account, k.selector, k.key, true
 }
 
-// update runs fn in a write transaction and, once it committed, after
-// under the cache lock.
-func (s *Store) update(fn func(tx *bbolt.Tx) error, after func()) error {
-	s.writeMu.Lock()
-	defer s.writeMu.Unlock()
+// update runs fn in a write transaction (fn may run more than once: see
+// package control) and, once it committed, brings the in-memory copy of
+// the named accounts and domains up to date.
+func (s *Store) update(fn func(tx control.Tx) error, accounts []string, domains []string) error {
 	if err := s.db.Update(fn); err != nil {
 		return err
 	}
-	if after != nil {
-		s.mu.Lock()
-		after()
-		s.mu.Unlock()
-	}
+	s.refresh(accounts, domains)
 	return nil
+}
+
+// reload rebuilds the in-memory copy from the store.
+func (s *Store) reload() error {
+	s.cacheMu.Lock()
+	defer s.cacheMu.Unlock()
+	accounts := make(map[string]bool)
+	verified := make(map[string]signingKey)
+	err := s.db.View(func(tx control.Tx) error {
+		err := tx.Bucket(bucketAccount).ForEach(func(k, v []byte) error {
+			var a Account
+			if err := json.Unmarshal(v, &a); err != nil {
+				return fmt.Errorf("account %q: %w", k, err)
+			}
+			accounts[a.ID] = a.CustomDomain
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		return tx.Bucket(bucketDomain).ForEach(func(k, v []byte) error {
+			var d stored
+			if err := json.Unmarshal(v, &d); err != nil {
+				return fmt.Errorf("domain %q: %w", k, err)
+			}
+			if sk, ok := s.signingKey(tx, d.Domain); ok {
+				verified[d.Name] = sk
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.accounts, s.verified = accounts, verified
+	s.mu.Unlock()
+	return nil
+}
+
+// signingKey returns the cache entry of d: ok only for a verified domain
+// whose key can be read. A key that cannot be read keeps the domain out of
+// use (it falls back to the platform sender) and is logged.
+func (s *Store) signingKey(tx control.Tx, d Domain) (signingKey, bool) {
+	if d.Status != StatusVerified {
+		return signingKey{}, false
+	}
+	key, err := dkim.ParseKey(tx.Bucket(bucketKeys).Get([]byte(d.Name)))
+	if err != nil {
+		s.log.Error("domain key unreadable, domain not used", "domain", d.Name, "account", d.Account, "err", err)
+		return signingKey{}, false
+	}
+	return signingKey{d.Account, d.Selector, key}, true
+}
+
+// refresh reads the named accounts and domains again into the in-memory
+// copy. The read and the update of the copy happen under cacheMu, so the
+// copy never goes back in time, whichever order refreshes run in.
+func (s *Store) refresh(accounts []string, domains []string) {
+	if len(accounts) == 0 && len(domains) == 0 {
+		return
+	}
+	s.cacheMu.Lock()
+	defer s.cacheMu.Unlock()
+	type acctState struct {
+		exists, option bool
+	}
+	acctNow := make(map[string]acctState, len(accounts))
+	keyNow := make(map[string]*signingKey, len(domains))
+	err := s.db.View(func(tx control.Tx) error {
+		for _, id := range accounts {
+			a, err := getAccount(tx, id)
+			acctNow[id] = acctState{err == nil, err == nil && a.CustomDomain}
+		}
+		for _, name := range domains {
+			keyNow[name] = nil
+			d, err := getDomain(tx, name)
+			if err != nil {
+				continue
+			}
+			if d.Status != StatusVerified {
+				continue
+			}
+			s.mu.RLock()
+			cur, ok := s.verified[name]
+			s.mu.RUnlock()
+			if ok && cur.account == d.Account && cur.selector == d.Selector {
+				keyNow[name] = &cur // the same key: not parsed again
+			} else if sk, ok := s.signingKey(tx, d.Domain); ok {
+				keyNow[name] = &sk
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		s.log.Error("domain: refresh the in-memory copy", "err", err)
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for id, st := range acctNow {
+		if st.exists {
+			s.accounts[id] = st.option
+		} else {
+			delete(s.accounts, id)
+		}
+	}
+	for name, sk := range keyNow {
+		if sk != nil {
+			s.verified[name] = *sk
+		} else {
+			delete(s.verified, name)
+		}
+	}
+}
+
+// changed is told of writes by other nodes (control.Store.Subscribe).
+func (s *Store) changed(changes []control.Change) {
+	var accounts, domains []string
+	for _, c := range changes {
+		switch {
+		case c.Reload:
+			if err := s.reload(); err != nil {
+				s.log.Error("domain: reload the in-memory copy", "err", err)
+			}
+			return
+		case c.Bucket == bucketAccount:
+			accounts = append(accounts, string(c.Key))
+		case c.Bucket == bucketDomain:
+			domains = append(domains, string(c.Key))
+		case c.Bucket == bucketKeys:
+			name, _, _ := strings.Cut(string(c.Key), "\x00")
+			domains = append(domains, name)
+		}
+	}
+	s.refresh(accounts, domains)
 }
 
 // Records returns the two records the customer publishes for d, DKIM TXT

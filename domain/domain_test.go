@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hermod-mta/hermod/control"
 	"github.com/hermod-mta/hermod/dkim"
 	"github.com/hermod-mta/hermod/internal/testnet"
 	"github.com/hermod-mta/hermod/relay"
@@ -113,7 +114,11 @@ func (e *env) open() {
 		e.t.Fatal(err)
 	}
 	e.db = db
-	if e.s, err = Open(db, e.opts); err != nil {
+	cs, err := control.OpenBolt(db)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if e.s, err = Open(cs, e.opts); err != nil {
 		e.t.Fatal(err)
 	}
 }
@@ -323,7 +328,10 @@ func TestRecords(t *testing.T) {
 	}
 	// The TXT value is the public half of the stored key.
 	var pem []byte
-	_ = e.db.View(func(tx *bbolt.Tx) error { pem = bytes.Clone(tx.Bucket(bucketKeys).Get([]byte(d.Name))); return nil })
+	_ = e.db.View(func(tx *bbolt.Tx) error {
+		pem = bytes.Clone(tx.Bucket([]byte(bucketKeys)).Get([]byte(d.Name)))
+		return nil
+	})
 	key, err := dkim.ParseKey(pem)
 	if err != nil {
 		t.Fatal(err)
@@ -635,8 +643,8 @@ func TestRemoveDomain(t *testing.T) {
 		t.Errorf("second removal: %v", err)
 	}
 	_ = e.db.View(func(tx *bbolt.Tx) error {
-		for _, b := range [][]byte{bucketDomain, bucketKeys, bucketDue, bucketByAccount} {
-			if k, _ := tx.Bucket(b).Cursor().First(); k != nil {
+		for _, b := range []string{bucketDomain, bucketKeys, bucketDue, bucketByAccount} {
+			if k, _ := tx.Bucket([]byte(b)).Cursor().First(); k != nil {
 				t.Errorf("bucket %s still has %q", b, k)
 			}
 		}
@@ -732,7 +740,10 @@ func TestPrivateKeyNeverInJSON(t *testing.T) {
 	e.account("acme", true)
 	d := e.add("acme", "acme.invalid")
 	var pem []byte
-	_ = e.db.View(func(tx *bbolt.Tx) error { pem = bytes.Clone(tx.Bucket(bucketKeys).Get([]byte(d.Name))); return nil })
+	_ = e.db.View(func(tx *bbolt.Tx) error {
+		pem = bytes.Clone(tx.Bucket([]byte(bucketKeys)).Get([]byte(d.Name)))
+		return nil
+	})
 	if !bytes.Contains(pem, []byte("PRIVATE KEY")) {
 		t.Fatalf("stored key is not a PEM private key")
 	}
@@ -743,7 +754,10 @@ func TestPrivateKeyNeverInJSON(t *testing.T) {
 		t.Fatal(err)
 	}
 	var raw []byte
-	_ = e.db.View(func(tx *bbolt.Tx) error { raw = bytes.Clone(tx.Bucket(bucketDomain).Get([]byte(d.Name))); return nil })
+	_ = e.db.View(func(tx *bbolt.Tx) error {
+		raw = bytes.Clone(tx.Bucket([]byte(bucketDomain)).Get([]byte(d.Name)))
+		return nil
+	})
 	for what, b := range map[string][]byte{"Domain JSON": out, "stored domain": raw} {
 		if bytes.Contains(b, []byte(body)) || bytes.Contains(b, []byte("PRIVATE")) {
 			t.Errorf("%s contains the private key", what)

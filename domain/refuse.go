@@ -7,7 +7,7 @@ import (
 	"net/http"
 	"strings"
 
-	"go.etcd.io/bbolt"
+	"github.com/hermod-mta/hermod/control"
 	"golang.org/x/net/publicsuffix"
 )
 
@@ -69,7 +69,7 @@ func (s *Store) checkPlatform(name, uname string) error {
 // not send as, or block, a neighbour's subdomain. Domains of accountID
 // itself are fine. It scans the domain bucket for subdomains: registration
 // is rare and the bucket holds one key per domain.
-func related(tx *bbolt.Tx, accountID, name, uname string) error {
+func related(tx control.Tx, accountID, name, uname string) error {
 	b := tx.Bucket(bucketDomain)
 	for p := name; ; {
 		i := strings.IndexByte(p, '.')

@@ -2,6 +2,7 @@ package domain
 
 import (
 	"errors"
+	"github.com/hermod-mta/hermod/control"
 	"strings"
 	"testing"
 )
@@ -77,7 +78,11 @@ func TestAddDomainPlatformAndNeighbours(t *testing.T) {
 func TestPlatformDomainsOption(t *testing.T) {
 	e := newEnv(t, "ed25519")
 	e.opts.PlatformDomains = []string{"bad_name.invalid"}
-	if _, err := Open(e.db, e.opts); err == nil {
+	cs, err := control.OpenBolt(e.db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(cs, e.opts); err == nil {
 		t.Errorf("Open accepted a platform domain that is not a host name")
 	}
 	for in, want := range map[string][]string{

@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/hermod-mta/hermod/dkim"
-	"go.etcd.io/bbolt"
+	"github.com/hermod-mta/hermod/control"
 )
 
 // DKIM key rollover without a gap. RotateKey makes a new key under a new
@@ -61,7 +61,7 @@ func (s *Store) RotateKey(accountID, name string) (Domain, error) {
 	}
 	now := s.opts.Now().UTC()
 	var d stored
-	err = s.update(func(tx *bbolt.Tx) error {
+	err = s.update(func(tx control.Tx) error {
 		var err error
 		if d, err = getOwnDomain(tx, accountID, name); err != nil {
 			return err
@@ -87,7 +87,7 @@ func (s *Store) RotateKey(accountID, name string) (Domain, error) {
 			return err
 		}
 		return putDomain(tx, &old, &d)
-	}, nil)
+	}, nil, nil)
 	if err != nil {
 		if _, ok := err.(*Error); ok {
 			return Domain{}, err
@@ -124,7 +124,7 @@ func (s *Store) checkRotation(ctx context.Context, d Domain) (rec Record, ok boo
 
 // applyRotation records the finding in cur and, when the new record was
 // seen, makes the new key the domain's (inside the check's transaction).
-func (s *Store) applyRotation(tx *bbolt.Tx, cur *stored, rec Record, seen bool, now time.Time) error {
+func (s *Store) applyRotation(tx control.Tx, cur *stored, rec Record, seen bool, now time.Time) error {
 	r := cur.Rotation
 	if !r.Pending() || rec.Name == "" {
 		return nil

@@ -13,7 +13,7 @@ import (
 	"unicode"
 
 	"github.com/hermod-mta/hermod/dkim"
-	"go.etcd.io/bbolt"
+	"github.com/hermod-mta/hermod/control"
 )
 
 // PutAccount creates the account a.ID or updates its Owner and
@@ -32,7 +32,7 @@ func (s *Store) PutAccount(a Account) (Account, error) {
 	}
 	a.Owner = owner
 	now := s.opts.Now().UTC()
-	err = s.update(func(tx *bbolt.Tx) error {
+	err = s.update(func(tx control.Tx) error {
 		b := tx.Bucket(bucketAccount)
 		var old Account
 		if v := b.Get([]byte(a.ID)); v != nil {
@@ -45,7 +45,7 @@ func (s *Store) PutAccount(a Account) (Account, error) {
 		}
 		a.Updated = now
 		return putJSON(b, []byte(a.ID), a)
-	}, func() { s.accounts[a.ID] = a.CustomDomain })
+	}, []string{a.ID}, nil)
 	if err != nil {
 		return Account{}, fmt.Errorf("domain: put account: %w", err)
 	}
@@ -55,7 +55,7 @@ func (s *Store) PutAccount(a Account) (Account, error) {
 // Account returns the account id, or an error matching ErrAccountNotFound.
 func (s *Store) Account(id string) (Account, error) {
 	var a Account
-	err := s.db.View(func(tx *bbolt.Tx) error {
+	err := s.db.View(func(tx control.Tx) error {
 		var err error
 		a, err = getAccount(tx, id)
 		return err
@@ -63,7 +63,7 @@ func (s *Store) Account(id string) (Account, error) {
 	return a, err
 }
 
-func getAccount(tx *bbolt.Tx, id string) (Account, error) {
+func getAccount(tx control.Tx, id string) (Account, error) {
 	var a Account
 	v := tx.Bucket(bucketAccount).Get([]byte(id))
 	if v == nil {
@@ -130,7 +130,7 @@ func (s *Store) AddDomain(accountID, input string) (Domain, error) {
 		NextCheck:   s.nextCheck(StatusPending, now, now),
 	}
 	d.Reason = "waiting for both DNS records"
-	err = s.update(func(tx *bbolt.Tx) error {
+	err = s.update(func(tx control.Tx) error {
 		if err := conflict(tx, accountID, name, uname); err != nil {
 			return err
 		}
@@ -141,7 +141,7 @@ func (s *Store) AddDomain(accountID, input string) (Domain, error) {
 			return err
 		}
 		return putDomain(tx, nil, &stored{Domain: d})
-	}, nil)
+	}, nil, nil)
 	if err != nil {
 		if _, ok := err.(*Error); ok {
 			return Domain{}, err
@@ -153,10 +153,10 @@ func (s *Store) AddDomain(accountID, input string) (Domain, error) {
 }
 
 func (s *Store) checkFree(accountID, name, uname string) error {
-	return s.db.View(func(tx *bbolt.Tx) error { return conflict(tx, accountID, name, uname) })
+	return s.db.View(func(tx control.Tx) error { return conflict(tx, accountID, name, uname) })
 }
 
-func conflict(tx *bbolt.Tx, accountID, name, uname string) error {
+func conflict(tx control.Tx, accountID, name, uname string) error {
 	v := tx.Bucket(bucketDomain).Get([]byte(name))
 	if v == nil {
 		return related(tx, accountID, name, uname)
@@ -176,7 +176,7 @@ func conflict(tx *bbolt.Tx, accountID, name, uname string) error {
 // account has none.
 func (s *Store) Domains(accountID string) ([]Domain, error) {
 	var out []Domain
-	err := s.db.View(func(tx *bbolt.Tx) error {
+	err := s.db.View(func(tx control.Tx) error {
 		prefix := accountKey(accountID, "")
 		c := tx.Bucket(bucketByAccount).Cursor()
 		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
@@ -198,7 +198,7 @@ func (s *Store) Domains(accountID string) ([]Domain, error) {
 // error matching ErrNotFound, also when another account holds it.
 func (s *Store) Domain(accountID, name string) (Domain, error) {
 	var d stored
-	err := s.db.View(func(tx *bbolt.Tx) error {
+	err := s.db.View(func(tx control.Tx) error {
 		var err error
 		d, err = getOwnDomain(tx, accountID, name)
 		return err
@@ -206,7 +206,7 @@ func (s *Store) Domain(accountID, name string) (Domain, error) {
 	return d.Domain, err
 }
 
-func getOwnDomain(tx *bbolt.Tx, accountID, name string) (stored, error) {
+func getOwnDomain(tx control.Tx, accountID, name string) (stored, error) {
 	n := normalizeName(name)
 	d, err := getDomain(tx, n)
 	if err == nil && d.Account != accountID {
@@ -219,7 +219,7 @@ func errNotFound(name string) error {
 	return &Error{CodeNotFound, http.StatusNotFound, fmt.Sprintf("domain %s not found on this account", name)}
 }
 
-func getDomain(tx *bbolt.Tx, name string) (stored, error) {
+func getDomain(tx control.Tx, name string) (stored, error) {
 	var d stored
 	v := tx.Bucket(bucketDomain).Get([]byte(name))
 	if v == nil {
@@ -236,14 +236,14 @@ func getDomain(tx *bbolt.Tx, name string) (stored, error) {
 // ErrNotFound when the account has no such domain.
 func (s *Store) RemoveDomain(accountID, name string) error {
 	var d stored
-	err := s.update(func(tx *bbolt.Tx) error {
+	err := s.update(func(tx control.Tx) error {
 		var err error
 		if d, err = getOwnDomain(tx, accountID, name); err != nil {
 			return err
 		}
 		k := []byte(d.Name)
 		for _, del := range []struct {
-			b []byte
+			b string
 			k []byte
 		}{
 			{bucketDomain, k}, {bucketKeys, k},
@@ -258,7 +258,7 @@ func (s *Store) RemoveDomain(accountID, name string) error {
 			return tx.Bucket(bucketKeys).Delete(nextKeyName(d.Name, d.Rotation.Selector))
 		}
 		return nil
-	}, func() { delete(s.verified, d.Name) })
+	}, nil, []string{normalizeName(name)})
 	if err != nil {
 		if _, ok := err.(*Error); ok {
 			return err
@@ -271,7 +271,7 @@ func (s *Store) RemoveDomain(accountID, name string) error {
 
 // putDomain writes d and moves its due-index entry from old's NextCheck
 // (old may be nil for a new domain).
-func putDomain(tx *bbolt.Tx, old *stored, d *stored) error {
+func putDomain(tx control.Tx, old *stored, d *stored) error {
 	due := tx.Bucket(bucketDue)
 	if old != nil && !old.NextCheck.IsZero() {
 		if err := due.Delete(dueKey(old.NextCheck, old.Name)); err != nil {
@@ -286,7 +286,7 @@ func putDomain(tx *bbolt.Tx, old *stored, d *stored) error {
 	return putJSON(tx.Bucket(bucketDomain), []byte(d.Name), d)
 }
 
-func putJSON(b *bbolt.Bucket, k []byte, v any) error {
+func putJSON(b control.Bucket, k []byte, v any) error {
 	data, err := json.Marshal(v)
 	if err != nil {
 		return err

@@ -2,10 +2,10 @@
 // to, because they hard-bounced, bounced softly too many times in a row,
 // complained, or were added by hand.
 //
-// The list lives in buckets of a bbolt database the caller owns (the local
-// control data, in the spool's file); every bucket name starts with
-// "suppress", and its transactions are its own: the spool never writes into
-// them. What follows from a committed bounce reaches the list through
+// The list lives in buckets of the control data (package control: the
+// spool's bbolt file on one node, etcd on a cluster); every bucket name
+// starts with "suppress", and its transactions are its own: the spool never
+// writes into them. What follows from a committed bounce reaches the list through
 // ApplyChanges, which records how far in the spool's event log it has got in
 // the same transaction, so each event takes effect exactly once.
 //
@@ -24,7 +24,7 @@ import (
 	"strings"
 	"time"
 
-	"go.etcd.io/bbolt"
+	"github.com/hermod-mta/hermod/control"
 )
 
 // Scopes for Options.Scope.
@@ -49,8 +49,8 @@ const (
 )
 
 var (
-	entriesBucket = []byte("suppress")
-	softBucket    = []byte("suppress-soft")
+	entriesBucket = "suppress"
+	softBucket    = "suppress-soft"
 )
 
 // Entry is one suppressed address.
@@ -95,7 +95,7 @@ type Options struct {
 
 // List is the suppression list. It is safe for concurrent use.
 type List struct {
-	db          *bbolt.DB
+	db          control.Store
 	perAccount  bool
 	softLimit   int
 	expireAfter map[string]time.Duration
@@ -114,9 +114,9 @@ type softRecord struct {
 // Open returns the suppression list stored in db, creating its buckets if
 // needed. It returns an error for an unknown scope, a negative limit or
 // expiry, or if the buckets cannot be created.
-func Open(db *bbolt.DB, opts Options) (*List, error) {
+func Open(db control.Store, opts Options) (*List, error) {
 	if db == nil {
-		return nil, errors.New("suppress: nil database")
+		return nil, errors.New("suppress: nil control store")
 	}
 	l := &List{db: db, softLimit: opts.SoftBounceLimit, now: opts.Now}
 	switch opts.Scope {
@@ -138,17 +138,6 @@ func Open(db *bbolt.DB, opts Options) (*List, error) {
 	}
 	if l.now == nil {
 		l.now = time.Now
-	}
-	err := db.Update(func(tx *bbolt.Tx) error {
-		for _, name := range [][]byte{entriesBucket, softBucket} {
-			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
-				return fmt.Errorf("create bucket %s: %w", name, err)
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("suppress: open: %w", err)
 	}
 	return l, nil
 }
@@ -183,16 +172,12 @@ func normalize(account, address string) (string, error) {
 	return NormalizeAddress(address)
 }
 
-func buckets(tx *bbolt.Tx) (entries, soft *bbolt.Bucket, err error) {
-	entries, soft = tx.Bucket(entriesBucket), tx.Bucket(softBucket)
-	if entries == nil || soft == nil {
-		return nil, nil, errors.New("suppress: buckets missing (transaction from another database, or List not opened)")
-	}
-	return entries, soft, nil
+func buckets(tx control.Tx) (entries, soft control.Bucket, err error) {
+	return tx.Bucket(entriesBucket), tx.Bucket(softBucket), nil
 }
 
 // getEntry returns the unexpired entry under k.
-func (l *List) getEntry(b *bbolt.Bucket, k []byte) (Entry, bool, error) {
+func (l *List) getEntry(b control.Bucket, k []byte) (Entry, bool, error) {
 	v := b.Get(k)
 	if v == nil {
 		return Entry{}, false, nil
@@ -212,7 +197,7 @@ func (l *List) getEntry(b *bbolt.Bucket, k []byte) (Entry, bool, error) {
 // one. Expired entries are ignored (PurgeExpired deletes them). The error
 // wraps ErrInvalidAddress if address cannot be normalised.
 func (l *List) Lookup(account, address string) (e Entry, ok bool, err error) {
-	err = l.db.View(func(tx *bbolt.Tx) error {
+	err = l.db.View(func(tx control.Tx) error {
 		e, ok, err = l.LookupTx(tx, account, address)
 		return err
 	})
@@ -220,7 +205,7 @@ func (l *List) Lookup(account, address string) (e Entry, ok bool, err error) {
 }
 
 // LookupTx is Lookup within tx, which may be read-only.
-func (l *List) LookupTx(tx *bbolt.Tx, account, address string) (Entry, bool, error) {
+func (l *List) LookupTx(tx control.Tx, account, address string) (Entry, bool, error) {
 	addr, err := normalize(account, address)
 	if err != nil {
 		return Entry{}, false, err
@@ -232,7 +217,7 @@ func (l *List) LookupTx(tx *bbolt.Tx, account, address string) (Entry, bool, err
 	return l.lookup(entries, account, addr)
 }
 
-func (l *List) lookup(entries *bbolt.Bucket, account, addr string) (Entry, bool, error) {
+func (l *List) lookup(entries control.Bucket, account, addr string) (Entry, bool, error) {
 	ka := l.keyAccount(account)
 	e, ok, err := l.getEntry(entries, key(ka, addr))
 	if err != nil || ok || ka == "" {
@@ -251,7 +236,7 @@ func (l *List) lookup(entries *bbolt.Bucket, account, addr string) (Entry, bool,
 // Add returns an error if the address is invalid (wrapping
 // ErrInvalidAddress), if e.Reason is empty, or if the write fails.
 func (l *List) Add(e Entry) (stored Entry, err error) {
-	err = l.db.Update(func(tx *bbolt.Tx) error {
+	err = l.db.Update(func(tx control.Tx) error {
 		stored, err = l.AddTx(tx, e)
 		return err
 	})
@@ -259,7 +244,7 @@ func (l *List) Add(e Entry) (stored Entry, err error) {
 }
 
 // AddTx is Add within tx, which must be writable.
-func (l *List) AddTx(tx *bbolt.Tx, e Entry) (Entry, error) {
+func (l *List) AddTx(tx control.Tx, e Entry) (Entry, error) {
 	addr, err := normalize(e.Account, e.Address)
 	if err != nil {
 		return Entry{}, err
@@ -309,7 +294,7 @@ func (l *List) AddTx(tx *bbolt.Tx, e Entry) (Entry, error) {
 // removed by removing an account's. The error wraps ErrInvalidAddress if
 // address cannot be normalised.
 func (l *List) Remove(account, address string) (removed bool, err error) {
-	err = l.db.Update(func(tx *bbolt.Tx) error {
+	err = l.db.Update(func(tx control.Tx) error {
 		removed, err = l.RemoveTx(tx, account, address)
 		return err
 	})
@@ -317,7 +302,7 @@ func (l *List) Remove(account, address string) (removed bool, err error) {
 }
 
 // RemoveTx is Remove within tx, which must be writable.
-func (l *List) RemoveTx(tx *bbolt.Tx, account, address string) (bool, error) {
+func (l *List) RemoveTx(tx control.Tx, account, address string) (bool, error) {
 	addr, err := normalize(account, address)
 	if err != nil {
 		return false, err
@@ -364,7 +349,7 @@ func (l *List) List(account, addressPrefix, after string, limit int) (page []Ent
 		addressPrefix = addressPrefix[:at] + strings.ToLower(addressPrefix[at:])
 	}
 	prefix := key(l.keyAccount(account), addressPrefix)
-	err = l.db.View(func(tx *bbolt.Tx) error {
+	err = l.db.View(func(tx control.Tx) error {
 		entries, _, err := buckets(tx)
 		if err != nil {
 			return err
@@ -406,7 +391,7 @@ func (l *List) List(account, addressPrefix, after string, limit int) (page []Ent
 // Count returns the number of unexpired entries stored, global and of all
 // accounts, whatever the scope. It reads every entry.
 func (l *List) Count() (n int, err error) {
-	err = l.db.View(func(tx *bbolt.Tx) error {
+	err = l.db.View(func(tx control.Tx) error {
 		entries, _, err := buckets(tx)
 		if err != nil {
 			return err
@@ -428,38 +413,59 @@ func (l *List) Count() (n int, err error) {
 	return n, err
 }
 
+// purgeBatch bounds the deletions of one PurgeExpired transaction: a
+// cluster's transaction has a bounded number of operations (etcd: 128).
+const purgeBatch = 100
+
 // PurgeExpired deletes the expired entries and returns how many it deleted.
-// It reads every entry.
+// It reads every entry, and deletes in transactions of at most purgeBatch
+// entries.
 func (l *List) PurgeExpired() (n int, err error) {
-	err = l.db.Update(func(tx *bbolt.Tx) error {
-		entries, _, err := buckets(tx)
-		if err != nil {
-			return err
-		}
-		now := l.now()
+	var from []byte // where the next batch's scan starts
+	for {
 		var dead [][]byte
-		err = entries.ForEach(func(k, v []byte) error {
-			var e Entry
-			if err := json.Unmarshal(v, &e); err != nil {
-				return fmt.Errorf("suppress: decode entry %q: %w", k, err)
+		var next []byte
+		err = l.db.Update(func(tx control.Tx) error {
+			dead, next = nil, nil
+			entries, _, err := buckets(tx)
+			if err != nil {
+				return err
 			}
-			if e.expired(now) {
-				dead = append(dead, append([]byte(nil), k...))
+			now := l.now()
+			c := entries.Cursor()
+			k, v := c.First()
+			if from != nil {
+				k, v = c.Seek(from)
+			}
+			for ; k != nil; k, v = c.Next() {
+				if len(dead) == purgeBatch {
+					next = append([]byte(nil), k...)
+					break
+				}
+				var e Entry
+				if err := json.Unmarshal(v, &e); err != nil {
+					return fmt.Errorf("suppress: decode entry %q: %w", k, err)
+				}
+				if e.expired(now) {
+					dead = append(dead, append([]byte(nil), k...))
+				}
+			}
+			for _, k := range dead {
+				if err := entries.Delete(k); err != nil {
+					return fmt.Errorf("suppress: purge: %w", err)
+				}
 			}
 			return nil
 		})
 		if err != nil {
-			return err
+			return n, err
 		}
-		for _, k := range dead {
-			if err := entries.Delete(k); err != nil {
-				return fmt.Errorf("suppress: purge: %w", err)
-			}
+		n += len(dead)
+		if next == nil {
+			return n, nil
 		}
-		n = len(dead)
-		return nil
-	})
-	return n, err
+		from = next
+	}
 }
 
 // RecordSoftBounce counts a soft bounce (reason, of message msgID, with
@@ -472,7 +478,7 @@ func (l *List) PurgeExpired() (n int, err error) {
 //
 // The error wraps ErrInvalidAddress if address cannot be normalised.
 func (l *List) RecordSoftBounce(account, address, reason, msgID, detail string) (suppressed bool, e Entry, err error) {
-	err = l.db.Update(func(tx *bbolt.Tx) error {
+	err = l.db.Update(func(tx control.Tx) error {
 		suppressed, e, err = l.RecordSoftBounceTx(tx, account, address, reason, msgID, detail)
 		return err
 	})
@@ -480,7 +486,7 @@ func (l *List) RecordSoftBounce(account, address, reason, msgID, detail string) 
 }
 
 // RecordSoftBounceTx is RecordSoftBounce within tx, which must be writable.
-func (l *List) RecordSoftBounceTx(tx *bbolt.Tx, account, address, reason, msgID, detail string) (bool, Entry, error) {
+func (l *List) RecordSoftBounceTx(tx control.Tx, account, address, reason, msgID, detail string) (bool, Entry, error) {
 	addr, err := normalize(account, address)
 	if err != nil {
 		return false, Entry{}, err
@@ -538,13 +544,13 @@ func (l *List) RecordSoftBounceTx(tx *bbolt.Tx, account, address, reason, msgID,
 // bounce counts from one again. The error wraps ErrInvalidAddress if address
 // cannot be normalised.
 func (l *List) RecordSuccess(account, address string) error {
-	return l.db.Update(func(tx *bbolt.Tx) error {
+	return l.db.Update(func(tx control.Tx) error {
 		return l.RecordSuccessTx(tx, account, address)
 	})
 }
 
 // RecordSuccessTx is RecordSuccess within tx, which must be writable.
-func (l *List) RecordSuccessTx(tx *bbolt.Tx, account, address string) error {
+func (l *List) RecordSuccessTx(tx control.Tx, account, address string) error {
 	addr, err := normalize(account, address)
 	if err != nil {
 		return err
@@ -590,13 +596,13 @@ const cursorLag = 10000
 
 // cursorsBucket holds, per consumer name, the sequence number of the last
 // queue event whose changes were applied.
-var cursorsBucket = []byte("suppress-cursors")
+const cursorsBucket = "suppress-cursors"
 
 // Cursor returns the sequence number of the last event applied by the
 // consumer name (0 if none).
 func (l *List) Cursor(name string) (uint64, error) {
 	var seq uint64
-	err := l.db.View(func(tx *bbolt.Tx) error {
+	err := l.db.View(func(tx control.Tx) error {
 		if b := tx.Bucket(cursorsBucket); b != nil {
 			if v := b.Get([]byte(name)); len(v) == 8 {
 				seq = binary.BigEndian.Uint64(v)
@@ -617,7 +623,7 @@ func (l *List) ApplyChanges(name string, seq uint64, changes []Change) error {
 	// most every cursorLag events: replaying events that change nothing
 	// after a crash is harmless.
 	effective, lagging := false, true
-	err := l.db.View(func(tx *bbolt.Tx) error {
+	err := l.db.View(func(tx control.Tx) error {
 		var cur uint64
 		if b := tx.Bucket(cursorsBucket); b != nil {
 			if v := b.Get([]byte(name)); len(v) == 8 {
@@ -645,11 +651,9 @@ func (l *List) ApplyChanges(name string, seq uint64, changes []Change) error {
 	if !effective && !lagging {
 		return nil
 	}
-	return l.db.Update(func(tx *bbolt.Tx) error {
-		b, err := tx.CreateBucketIfNotExists(cursorsBucket)
-		if err != nil {
-			return err
-		}
+	return l.db.Update(func(tx control.Tx) error {
+		b := tx.Bucket(cursorsBucket)
+		var err error
 		if v := b.Get([]byte(name)); len(v) == 8 && binary.BigEndian.Uint64(v) >= seq {
 			return nil // already applied
 		}

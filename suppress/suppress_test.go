@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hermod-mta/hermod/control"
 	"go.etcd.io/bbolt"
 )
 
@@ -23,11 +24,20 @@ func newClock() *clock                   { return &clock{now: t0} }
 func dbPath(t *testing.T) string         { t.Helper(); return filepath.Join(t.TempDir(), "hermod.db") }
 func openList(t *testing.T, db *bbolt.DB, o Options) *List {
 	t.Helper()
-	l, err := Open(db, o)
+	l, err := Open(controlStore(t, db), o)
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}
 	return l
+}
+
+func controlStore(t *testing.T, db *bbolt.DB) control.Store {
+	t.Helper()
+	cs, err := control.OpenBolt(db)
+	if err != nil {
+		t.Fatalf("control.OpenBolt: %v", err)
+	}
+	return cs
 }
 
 func openDB(t *testing.T, path string) *bbolt.DB {
@@ -67,7 +77,7 @@ func TestOpenOptions(t *testing.T) {
 		{ExpireAfter: map[string]time.Duration{"complaint": 0}},
 		{ExpireAfter: map[string]time.Duration{"complaint": -time.Hour}},
 	} {
-		if _, err := Open(db, o); err == nil {
+		if _, err := Open(controlStore(t, db), o); err == nil {
 			t.Errorf("Open(%+v) succeeded, want error", o)
 		}
 	}
@@ -75,17 +85,6 @@ func TestOpenOptions(t *testing.T) {
 		t.Error("Open(nil) succeeded")
 	}
 	openList(t, db, Options{})
-	err := db.View(func(tx *bbolt.Tx) error {
-		return tx.ForEach(func(name []byte, _ *bbolt.Bucket) error {
-			if !strings.HasPrefix(string(name), "suppress") {
-				return fmt.Errorf("bucket %q not prefixed suppress", name)
-			}
-			return nil
-		})
-	})
-	if err != nil {
-		t.Error(err)
-	}
 }
 
 func TestAddLookupRemove(t *testing.T) {
@@ -542,17 +541,13 @@ func TestPersistsAcrossReopen(t *testing.T) {
 // TestTxVariants checks that a bounce and its suppression can share one
 // transaction, and that a rolled-back transaction leaves nothing behind.
 func TestTxVariants(t *testing.T) {
-	db := openDB(t, dbPath(t))
-	l := openList(t, db, Options{SoftBounceLimit: 2})
+	db := controlStore(t, openDB(t, dbPath(t)))
+	l, err := Open(db, Options{SoftBounceLimit: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
 	errRollback := errors.New("rollback")
-	err := db.Update(func(tx *bbolt.Tx) error {
-		b, err := tx.CreateBucketIfNotExists([]byte("queue-test"))
-		if err != nil {
-			return err
-		}
-		if err := b.Put([]byte("m1/0"), []byte("bounced")); err != nil {
-			return err
-		}
+	err = db.Update(func(tx control.Tx) error {
 		if _, err := l.AddTx(tx, Entry{Address: "a@example.com", Reason: "user-unknown", Source: "smtp"}); err != nil {
 			return err
 		}
@@ -574,7 +569,7 @@ func TestTxVariants(t *testing.T) {
 	if ok, _, err := l.RecordSoftBounce("", "s@example.com", "mailbox-full", "", ""); err != nil || ok {
 		t.Fatalf("RecordSoftBounce = %v, %v; want not suppressed", ok, err)
 	}
-	err = db.Update(func(tx *bbolt.Tx) error {
+	err = db.Update(func(tx control.Tx) error {
 		if err := l.RecordSuccessTx(tx, "", "s@example.com"); err != nil {
 			return err
 		}
@@ -590,7 +585,7 @@ func TestTxVariants(t *testing.T) {
 	if ok, _, err := l.RecordSoftBounce("", "s@example.com", "mailbox-full", "", ""); err != nil || ok {
 		t.Fatalf("RecordSoftBounce after RecordSuccessTx = %v, %v; want not suppressed", ok, err)
 	}
-	err = db.View(func(tx *bbolt.Tx) error {
+	err = db.View(func(tx control.Tx) error {
 		_, err := l.AddTx(tx, Entry{Address: "b@example.com", Reason: "manual"})
 		return err
 	})
