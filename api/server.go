@@ -10,8 +10,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/hermod-mta/hermod/control"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -39,6 +41,12 @@ type Options struct {
 	// Beyond it a waiting request gets 429 with Retry-After.
 	MaxWait      time.Duration
 	MaxLongPolls int
+	// Peers accepts requests signed by other nodes of a cluster instead
+	// of the bearer token; nil accepts none.
+	Peers PeerAuth
+	// Cluster makes message look-ups, lists and searches answer for every
+	// node; nil on a single node.
+	Cluster Cluster
 }
 
 // DefaultMaxWait is the default longest long-poll of /v1/events.
@@ -94,6 +102,15 @@ func New(opts Options) *Server {
 // ServeHTTP checks the bearer token and bounds the body, then routes.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok && s.opts.Peers != nil {
+		node, err := s.opts.Peers.Verify(r)
+		if err == nil {
+			r = r.WithContext(context.WithValue(r.Context(), peerKey{}, node))
+			ok, tok = true, s.opts.Token
+		} else {
+			s.log.Warn("api: request from a node refused", "client", r.RemoteAddr, "err", err)
+		}
+	}
 	if !ok || s.opts.Token == "" || subtle.ConstantTimeCompare([]byte(tok), []byte(s.opts.Token)) != 1 {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="hermod"`)
 		// A client without the token gets no keep-alive connection to hold.
@@ -158,6 +175,9 @@ func (s *Server) fail(w http.ResponseWriter, err error) {
 		writeError(w, http.StatusNotFound, "not_found", err.Error())
 	case errors.Is(err, queue.ErrStorage):
 		writeError(w, http.StatusServiceUnavailable, "storage", err.Error())
+	case errors.Is(err, control.ErrUnavailable):
+		writeError(w, http.StatusServiceUnavailable, "cluster_unavailable",
+			"the cluster's control data (etcd) cannot be reached, so this change cannot be made now; nothing was changed: try again later. Mail is still accepted and delivered. ("+err.Error()+")")
 	default:
 		s.log.Error("api: internal error", "err", err)
 		writeError(w, http.StatusInternalServerError, "internal", "internal error; see the hermod log")
@@ -198,7 +218,10 @@ func queryInt(r *http.Request, key string, def, lo, hi int) (int, error) {
 func (s *Server) getMessage(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	if !queue.ValidID(id) {
-		writeError(w, http.StatusBadRequest, "bad_id", "message id must be 16 characters 0-9a-v, as in the 250 reply")
+		writeError(w, http.StatusBadRequest, "bad_id", "not a message id: give the id of the 250 reply (16 characters 0-9a-v, on a cluster after the node id and a dash)")
+		return
+	}
+	if s.forwarded(w, r, id) {
 		return
 	}
 	m, err := s.opts.Queue.Get(id)
@@ -232,12 +255,21 @@ func (s *Server) findMessages(w http.ResponseWriter, r *http.Request) {
 			out = append(out, NewMessageView(m))
 		}
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"messages": out})
+	if !s.clustered(r) {
+		writeJSON(w, http.StatusOK, map[string]any{"messages": out})
+		return
+	}
+	out, _, missing, _ := s.gatherMessages(r, out, nil)
+	newestFirst(out)
+	writeJSON(w, http.StatusOK, map[string]any{"messages": out, "unanswered": missing})
 }
 
 func (s *Server) deleteMessage(w http.ResponseWriter, r *http.Request) {
 	if !queue.ValidID(r.PathValue("id")) {
-		writeError(w, http.StatusBadRequest, "bad_id", "message id must be 16 characters 0-9a-v, as in the 250 reply")
+		writeError(w, http.StatusBadRequest, "bad_id", "not a message id: give the id of the 250 reply (16 characters 0-9a-v, on a cluster after the node id and a dash)")
+		return
+	}
+	if s.forwarded(w, r, r.PathValue("id")) {
 		return
 	}
 	if err := s.opts.Queue.Delete(r.Context(), r.PathValue("id")); err != nil {
@@ -249,7 +281,10 @@ func (s *Server) deleteMessage(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) retryMessage(w http.ResponseWriter, r *http.Request) {
 	if !queue.ValidID(r.PathValue("id")) {
-		writeError(w, http.StatusBadRequest, "bad_id", "message id must be 16 characters 0-9a-v, as in the 250 reply")
+		writeError(w, http.StatusBadRequest, "bad_id", "not a message id: give the id of the 250 reply (16 characters 0-9a-v, on a cluster after the node id and a dash)")
+		return
+	}
+	if s.forwarded(w, r, r.PathValue("id")) {
 		return
 	}
 	n, err := s.opts.Queue.Retry(r.Context(), r.PathValue("id"))
@@ -277,7 +312,11 @@ func (s *Server) listQueue(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "bad_query", "before must be a message id")
 		return
 	}
-	msgs, next, err := s.opts.Queue.List(queue.ListOptions{Status: status, Before: before, Limit: limit})
+	localBefore := before
+	if s.clustered(r) {
+		localBefore = nodeCursor(s.opts.Cluster.Node(), before)
+	}
+	msgs, next, err := s.opts.Queue.List(queue.ListOptions{Status: status, Before: localBefore, Limit: limit})
 	if err != nil {
 		s.fail(w, err)
 		return
@@ -290,7 +329,33 @@ func (s *Server) listQueue(w http.ResponseWriter, r *http.Request) {
 		}
 		out = append(out, v)
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"messages": out, "next": next, "counts": s.opts.Queue.Counts()})
+	if !s.clustered(r) {
+		writeJSON(w, http.StatusOK, map[string]any{"messages": out, "next": next, "counts": s.opts.Queue.Counts()})
+		return
+	}
+	// Every node pages from the same instant; the merged page is the
+	// newest limit of all, and the next page starts after its last.
+	out, nodeCounts, missing, more := s.gatherMessages(r, out, func(node string, q url.Values) {
+		if before != "" {
+			q.Set("before", nodeCursor(node, before))
+		}
+	})
+	more = more || next != ""
+	counts := s.opts.Queue.Counts()
+	for _, c := range nodeCounts {
+		for st, n := range c {
+			counts[st] += n
+		}
+	}
+	newestFirst(out)
+	if len(out) > limit {
+		out, more = out[:limit], true
+	}
+	next = ""
+	if more && len(out) > 0 {
+		next = out[len(out)-1].ID
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"messages": out, "next": next, "counts": counts, "unanswered": missing})
 }
 
 // events answers the ordered stream of status changes after a sequence
