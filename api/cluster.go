@@ -115,3 +115,15 @@ func newestFirst(v []MessageView) {
 		return v[i].ID > v[j].ID
 	})
 }
+
+// PeerNode returns the node that signed r, for handlers mounted on the
+// API (Options.Mount) that only other nodes may call.
+func PeerNode(r *http.Request) (string, bool) {
+	n, ok := r.Context().Value(peerKey{}).(string)
+	return n, ok
+}
+
+// WriteError writes the API's JSON error answer, for mounted handlers.
+func WriteError(w http.ResponseWriter, status int, code, msg string) {
+	writeError(w, status, code, msg)
+}

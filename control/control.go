@@ -89,6 +89,9 @@ var Buckets = []BucketSpec{
 	{Name: "suppress"},
 	{Name: "suppress-soft"},
 	{Name: "suppress-cursors"},
+	// cluster holds what every node of a cluster must agree on, e.g. the
+	// fingerprints of the shared secrets.
+	{Name: "cluster"},
 }
 
 // BucketSpec describes one control bucket.

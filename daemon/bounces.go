@@ -23,9 +23,29 @@ type bounceIntake struct {
 	// is answered once its suppression has taken effect.
 	applied *queue.Follower
 	log     *slog.Logger
+	// On a cluster: the node that owns a message id ("" for this node's
+	// own ids and on a single node), this node, and where the reports for
+	// other nodes' messages go.
+	nodeOf   func(id string) string
+	self     string
+	forwards *forwarder
+}
+
+// local reports whether this node owns message id.
+func (b *bounceIntake) local(id string) bool {
+	if b.nodeOf == nil {
+		return true
+	}
+	n := b.nodeOf(id)
+	return n == "" || n == b.self
 }
 
 func (b *bounceIntake) Known(id string, index int) bool {
+	if !b.local(id) {
+		// Another node's message: the VERP MAC, checked before, proves it
+		// was issued by the cluster; its owner checks the recipient.
+		return index >= 0
+	}
 	n, err := b.store.Recipients(id)
 	return err == nil && index >= 0 && index < n
 }
@@ -38,6 +58,14 @@ func (b *bounceIntake) Receive(ctx context.Context, remote netip.Addr, mailFrom 
 	for _, rc := range rcpts {
 		if rc.Mailbox != "" {
 			continue // stored by the listener's mailbox
+		}
+		if !b.local(rc.MessageID) {
+			if err := b.forwards.Add(forward{MessageID: rc.MessageID, Index: rc.Index, Remote: remote.String(),
+				Report: rep, Received: time.Now().UTC()}); err != nil {
+				return err
+			}
+			b.log.Info("bounce for another node's message kept for forwarding", "msgid", rc.MessageID, "owner", b.nodeOf(rc.MessageID), "client", remote)
+			continue
 		}
 		if err := b.apply(ctx, remote, rc, rep); err != nil {
 			return err

@@ -71,6 +71,11 @@ type Daemon struct {
 
 	platformKeys *platformKeys // platform DKIM key rollover (rotate.go)
 
+	// cluster is nil on a single node (no [cluster] section).
+	cluster *clusterNode
+	intake  *bounceIntake
+	now     func() time.Time
+
 	token     string // the API bearer token
 	apiSrv    *http.Server
 	listeners map[string]net.Listener
@@ -100,7 +105,7 @@ func New(cfg *config.Config, log *slog.Logger, o Options) (_ *Daemon, err error)
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create data_dir %s: %w", cfg.DataDir, err)
 	}
-	d := &Daemon{cfg: cfg, log: log, listeners: map[string]net.Listener{}, Metrics: metrics.New()}
+	d := &Daemon{cfg: cfg, log: log, listeners: map[string]net.Listener{}, Metrics: metrics.New(), now: o.Now}
 	m := d.Metrics
 	defer func() {
 		if err != nil {
@@ -151,7 +156,7 @@ func New(cfg *config.Config, log *slog.Logger, o Options) (_ *Daemon, err error)
 	if err != nil {
 		return nil, err
 	}
-	if d.Control, err = d.openControl(); err != nil {
+	if d.Control, err = d.openControl(secret); err != nil {
 		return nil, err
 	}
 	d.Suppress, err = suppress.Open(d.Control, suppress.Options{Scope: cfg.Suppress.Scope,
@@ -169,7 +174,7 @@ func New(cfg *config.Config, log *slog.Logger, o Options) (_ *Daemon, err error)
 	}
 	// What follows a status change is derived from the committed event log,
 	// each consumer recording its own progress with its own effects.
-	if d.suppressFollower, err = queue.NewFollower(d.Store, "suppression", &suppressionConsumer{list: d.Suppress}); err != nil {
+	if d.suppressFollower, err = queue.NewFollower(d.Store, "suppression", &suppressionConsumer{list: d.Suppress, name: d.consumerName()}); err != nil {
 		return nil, fmt.Errorf("open suppression list: %w", err)
 	}
 	if d.webhookFollower, err = queue.NewFollower(d.Store, "webhooks", d.Webhooks); err != nil {
@@ -218,7 +223,7 @@ func New(cfg *config.Config, log *slog.Logger, o Options) (_ *Daemon, err error)
 	d.Pipeline = submit.New(submit.Options{
 		Hostname: cfg.Hostname, Rule: rule, PlatformSigner: d.PlatformSigner, VERP: d.VERP,
 		Accounts: accountsView{d.Domains}, Suppressions: suppressionsView{d.Suppress}, Queue: d.Store,
-		Now: o.Now, Logger: log, OnSign: m.DKIMSignatures.Inc,
+		Now: o.Now, Logger: log, OnSign: m.DKIMSignatures.Inc, Node: cfg.Node(),
 	})
 	notifier.pipeline = d.Pipeline
 	d.Runner = queue.NewRunner(d.Store, &deliverer{relay: d.Relay, suppress: d.Suppress}, queue.RunnerOptions{
@@ -251,12 +256,16 @@ func New(cfg *config.Config, log *slog.Logger, o Options) (_ *Daemon, err error)
 	if err != nil {
 		return nil, err
 	}
+	d.intake = &bounceIntake{store: d.Store, applied: d.suppressFollower, log: log}
+	if d.cluster != nil {
+		d.intake.nodeOf, d.intake.self, d.intake.forwards = nodeOf, d.cluster.node, d.cluster.forwards
+	}
 	d.Bounces = smtpd.NewBounceServer(smtpd.BounceOptions{
 		Hostname: cfg.Hostname, BounceDomain: cfg.Bounce.Domain, ReturnPathLabel: cfg.Sender.ReturnPathLabel,
 		MaxMessageBytes: cfg.Bounce.MaxMessageBytes, MaxConnectionsPerIP: cfg.Bounce.MaxConnectionsPerIP,
 		MaxConcurrentData: cfg.Bounce.MaxConcurrentData, MaxRcptFailures: cfg.Bounce.MaxRcptFailures,
 		MaxRcptFailuresPerIP: cfg.Bounce.MaxRcptFailuresPerIP, Mailbox: mb,
-		IdleTimeout: cfg.Submission.IdleTimeout, VERP: d.VERP, Intake: &bounceIntake{store: d.Store, applied: d.suppressFollower, log: log},
+		IdleTimeout: cfg.Submission.IdleTimeout, VERP: d.VERP, Intake: d.intake,
 		Logger: log, Now: o.Now,
 	})
 	d.Store.ObserveBatches(func(n int) { m.CommitBatch.Observe(float64(n)) })
@@ -264,9 +273,55 @@ func New(cfg *config.Config, log *slog.Logger, o Options) (_ *Daemon, err error)
 	return d, nil
 }
 
+// suppressionPurgeEvery is how often expired suppressions are deleted.
+const suppressionPurgeEvery = time.Hour
+
+// background is the work that runs on one node at a time: on a single node
+// always, on a cluster on the node elected for it (nodes.Background) until
+// ctx ends. Domain verification sends the owner's notices, so two nodes
+// doing it would send them twice.
+func (d *Daemon) background(ctx context.Context) {
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		d.Domains.Run(ctx)
+	}()
+	t := time.NewTicker(suppressionPurgeEvery)
+	defer t.Stop()
+	for {
+		if n, err := d.Suppress.PurgeExpired(); err != nil {
+			d.log.Warn("suppression list: purge expired entries", "err", err)
+		} else if n > 0 {
+			d.log.Info("suppression list: expired entries deleted", "count", n)
+		}
+		select {
+		case <-ctx.Done():
+			wg.Wait()
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// consumerName is the suppression list's cursor of this node's spool.
+func (d *Daemon) consumerName() string {
+	if d.cfg.Clustered() {
+		return consumerName + "@" + d.cfg.Cluster.NodeID
+	}
+	return consumerName
+}
+
 // openControl opens the control data: on one node, buckets of the spool's
-// own bbolt file.
-func (d *Daemon) openControl() (control.Store, error) {
+// own bbolt file; on a cluster, the replica of etcd's.
+func (d *Daemon) openControl(verpSecret []byte) (control.Store, error) {
+	if d.cfg.Clustered() {
+		var err error
+		if d.cluster, err = d.openCluster(verpSecret); err != nil {
+			return nil, err
+		}
+		return d.cluster.kv, nil
+	}
 	cs, err := control.OpenBolt(d.Store.DB())
 	if err != nil {
 		return nil, fmt.Errorf("open control data: %w", err)
@@ -302,12 +357,22 @@ func (d *Daemon) Start() error {
 	d.cancel = cancel
 	apiHTTP := api.HTTPOptions{ReadTimeout: cfg.API.ReadTimeout, WriteTimeout: cfg.API.WriteTimeout, IdleTimeout: cfg.API.IdleTimeout,
 		MaxWait: cfg.API.MaxWait, MaxConnections: cfg.API.MaxConnections, MaxConnectionsPerIP: cfg.API.MaxConnectionsPerIP}
-	d.apiSrv = api.NewHTTPServer(api.New(api.Options{Token: d.token, Queue: d.Store, Domains: d.Domains,
-		Suppress: d.Suppress, Mount: d.extraHandlers(), Logger: d.log, MaxWait: cfg.API.MaxWait, MaxLongPolls: cfg.API.MaxLongPolls}), apiHTTP)
+	apiOpts := api.Options{Token: d.token, Queue: d.Store, Domains: d.Domains,
+		Suppress: d.Suppress, Mount: d.extraHandlers(), Logger: d.log, MaxWait: cfg.API.MaxWait, MaxLongPolls: cfg.API.MaxLongPolls}
+	if d.cluster != nil {
+		apiOpts.Peers, apiOpts.Cluster = d.cluster.auth, clusterAPI{c: d.cluster, log: d.log}
+	}
+	d.apiSrv = api.NewHTTPServer(api.New(apiOpts), apiHTTP)
 
 	d.goRun("runner", func() { d.Runner.Run(ctx) })
 	d.goRun("purge", func() { d.Store.RunPurge(ctx, cfg.Queue.Retention, cfg.Queue.PurgeInterval) })
-	d.goRun("domains", func() { d.Domains.Run(ctx) })
+	if d.cluster == nil {
+		d.goRun("background", func() { d.background(ctx) })
+	} else if err := d.cluster.start(ctx, d, d.background); err != nil {
+		cancel()
+		d.closeListeners()
+		return err
+	}
 	d.goRun("dkim-rotation", func() { d.platformKeys.run(ctx) })
 	d.goRun("webhooks", func() { d.Webhooks.Run(ctx) })
 	d.goRun("suppression-follower", func() { d.suppressFollower.Run(ctx) })
@@ -407,6 +472,10 @@ func (d *Daemon) closeListeners() {
 }
 
 func (d *Daemon) closeStore() error {
+	if d.cluster != nil {
+		d.cluster.close()
+		d.cluster = nil
+	}
 	if d.Store == nil {
 		return nil
 	}
@@ -514,21 +583,41 @@ func (v suppressionsView) Suppressed(account, address string) (string, bool, err
 
 // suppressionConsumer turns committed status events into changes of the
 // suppression list (queue.Consumer).
-type suppressionConsumer struct{ list *suppress.List }
+// suppressionConsumer applies the suppressions that committed events
+// cause. Its cursor is named per node (one list, many spools on a
+// cluster).
+type suppressionConsumer struct {
+	list *suppress.List
+	name string // consumerName, or consumerName@node on a cluster
+}
 
 // consumerName is the suppression list's cursor name for the local spool.
 const consumerName = "spool"
 
-func (c *suppressionConsumer) Cursor() (uint64, error) { return c.list.Cursor(consumerName) }
+// maxChangesPerApply bounds the changes of one ApplyChanges: on a cluster
+// each is one etcd transaction, whose operations are bounded (128 by
+// default; a change writes up to two keys, the cursor one more).
+const maxChangesPerApply = 40
 
+func (c *suppressionConsumer) Cursor() (uint64, error) { return c.list.Cursor(c.name) }
+
+// Consume applies the changes of evs in runs of at most
+// maxChangesPerApply, each with the sequence number of its last event as
+// the cursor, so that every run takes effect exactly once.
 func (c *suppressionConsumer) Consume(evs []queue.Event) error {
 	var changes []suppress.Change
-	for _, ev := range evs {
+	for i, ev := range evs {
 		if ch, ok := suppressionChange(ev); ok {
 			changes = append(changes, ch)
 		}
+		if len(changes) == maxChangesPerApply || i == len(evs)-1 {
+			if err := c.list.ApplyChanges(c.name, ev.Seq, changes); err != nil {
+				return err
+			}
+			changes = changes[:0]
+		}
 	}
-	return c.list.ApplyChanges(consumerName, evs[len(evs)-1].Seq, changes)
+	return nil
 }
 
 // softCounted are the soft reasons that say something about the recipient's
@@ -559,6 +648,9 @@ func (d *Daemon) extraHandlers() map[string]http.Handler {
 	h := map[string]http.Handler{"GET /metrics": d.Metrics.Handler(), "GET /v1/backup": d.backupHandler()}
 	for p, hh := range api.PlatformDKIMHandlers(d.platformKeys) {
 		h[p] = hh
+	}
+	if d.cluster != nil {
+		h["POST "+forwardPath] = forwardHandler(d.intake)
 	}
 	if d.cfg.API.Pprof {
 		h["/debug/pprof/"] = http.HandlerFunc(pprof.Index)
