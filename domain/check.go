@@ -278,21 +278,35 @@ func describeMissing(recs ...Record) string {
 	return strings.Join(parts, "; ")
 }
 
-// notify hands the domain's pending notices to the Notifier in order and
-// clears those that were accepted; the rest wait for the next check.
+// notify hands the domain's pending notices to the Notifier in order. It
+// first takes them off the domain in one transaction (a claim), so that of
+// two checks running at once (two nodes of a cluster, or a manual check
+// beside the background one) only one sends each notice; the notices the
+// Notifier refused are given back and wait for the next check. A crash
+// between the claim and the hand-over loses the notice rather than sending
+// it twice.
 func (s *Store) notify(ctx context.Context, acct Account, name string) {
 	s.notifyMu.Lock()
 	defer s.notifyMu.Unlock()
 	var d stored
-	if err := s.db.View(func(tx control.Tx) error {
-		var err error
-		d, err = getDomain(tx, name)
-		return err
-	}); err != nil || len(d.Pending) == 0 {
+	var claimed []string
+	err := s.update(func(tx control.Tx) error {
+		claimed = nil
+		cur, err := getDomain(tx, name)
+		if err != nil || len(cur.Pending) == 0 {
+			return nil // removed meanwhile, or nothing to send
+		}
+		d, claimed = cur, cur.Pending
+		old := cur
+		cur.Pending = nil
+		return putDomain(tx, &old, &cur)
+	}, nil, nil)
+	if err != nil {
+		s.log.Error("domain notification: claim", "domain", name, "err", err)
 		return
 	}
 	sent := 0
-	for _, n := range d.Pending {
+	for _, n := range claimed {
 		var err error
 		if s.opts.Notifier != nil {
 			switch n {
@@ -311,20 +325,21 @@ func (s *Store) notify(ctx context.Context, acct Account, name string) {
 		s.log.Info("domain notification", "account", acct.ID, "domain", name, "notice", n, "owner", acct.Owner)
 		sent++
 	}
-	if sent == 0 {
+	if sent == len(claimed) {
 		return
 	}
-	err := s.update(func(tx control.Tx) error {
+	rest := claimed[sent:]
+	err = s.update(func(tx control.Tx) error {
 		cur, err := getDomain(tx, name)
-		if err != nil || cur.Selector != d.Selector || len(cur.Pending) < sent {
+		if err != nil || cur.Selector != d.Selector {
 			return nil // removed meanwhile
 		}
 		old := cur
-		cur.Pending = cur.Pending[sent:]
+		cur.Pending = append(append([]string(nil), rest...), cur.Pending...)
 		return putDomain(tx, &old, &cur)
 	}, nil, nil)
 	if err != nil {
-		s.log.Error("domain notification: clear", "domain", name, "err", err)
+		s.log.Error("domain notification: give back", "domain", name, "err", err)
 	}
 }
 

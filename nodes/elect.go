@@ -96,4 +96,3 @@ func Leader(ctx context.Context, cli *clientv3.Client, prefix string) (string, e
 	}
 	return string(resp.Kvs[0].Value), nil
 }
-

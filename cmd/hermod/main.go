@@ -44,6 +44,8 @@ Usage:
   hermod store check                       check the store offline (hermod must be stopped)
   hermod backup -o FILE [-secrets]         consistent archive of the running daemon's store and bodies
   hermod restore FILE -data-dir DIR        unpack a backup offline into a new, empty directory
+  hermod cluster status [-json]            etcd members, nodes, background lease, what is stale
+  hermod cluster import -from DATA_DIR     copy a single node's accounts, domains, keys and suppressions into the cluster
   hermod bench [-n N] [-c C] [-size B] [-peer postfix]   load benchmark on loopback
 
 Every subcommand takes -config FILE; without it, $HERMOD_CONFIG, then
@@ -92,6 +94,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		err = c.backup(args[1:])
 	case "restore":
 		err = c.restore(args[1:])
+	case "cluster":
+		err = c.clusterCmd(args[1:])
 	default:
 		err = usageError("unknown command %q (see hermod help)", args[0])
 	}
