@@ -28,7 +28,7 @@ func ParseNodeID(s string) (NodeID, error) {
 		return "", fmt.Errorf("node id %q is %d characters, at most %d", s, len(s), MaxNodeIDLen)
 	}
 	if c := s[0]; c < 'a' || c > 'z' {
-		return "", fmt.Errorf("node id %q must start with a letter a-z", s)
+		return "", fmt.Errorf("node id %q must start with a letter a-z (lower case only)", s)
 	}
 	for i := 1; i < len(s); i++ {
 		if c := s[i]; !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9') {
