@@ -25,6 +25,9 @@ type Config struct {
 	API        API        `toml:"api"`
 	Log        Log        `toml:"log"`
 	Webhooks   []Webhook  `toml:"webhook"`
+	// Cluster makes this node one of several sharing control data in etcd;
+	// nil (no [cluster] section) is a single node on bbolt alone.
+	Cluster *Cluster `toml:"cluster"`
 
 	// Path is the file the configuration was read from ("" for the embedded default).
 	Path string `toml:"-"`

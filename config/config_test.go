@@ -153,7 +153,7 @@ func TestExampleDocumentsEveryKey(t *testing.T) {
 			key := strings.TrimPrefix(prefix+"."+tag, ".")
 			all = append(all, key)
 			ft := typ.Field(i).Type
-			if ft.Kind() == reflect.Slice {
+			if ft.Kind() == reflect.Slice || ft.Kind() == reflect.Pointer {
 				ft = ft.Elem()
 			}
 			if ft.Kind() == reflect.Struct {

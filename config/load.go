@@ -28,16 +28,10 @@ func Load(path string) (*Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
-	c, err := Parse(data, path)
-	if err != nil {
-		return nil, err
-	}
 	// A relative data_dir is taken from the file's directory, so that the
-	// daemon and the CLI find the same one wherever they are started from.
-	if dir := filepath.Dir(path); dir != "." && !filepath.IsAbs(c.DataDir) {
-		c.DataDir = filepath.Join(dir, c.DataDir)
-	}
-	return c, nil
+	// daemon and the CLI find the same one wherever they are started from;
+	// it is resolved before validation, which looks at files in it.
+	return parse(data, path, filepath.Dir(path))
 }
 
 // Parse decodes data strictly, applies the defaults to every zero value and
@@ -50,6 +44,11 @@ func Load(path string) (*Config, error) {
 // what [Config.Validate] reports, with the line of the key filled in where the
 // key appears in the file.
 func Parse(data []byte, path string) (*Config, error) {
+	return parse(data, path, ".")
+}
+
+// parse is Parse, taking a relative data_dir from base.
+func parse(data []byte, path, base string) (*Config, error) {
 	text := string(data)
 	lines := indexLines(text)
 	// fix sets File and Line and orders the errors as in the file, those
@@ -88,6 +87,9 @@ func Parse(data []byte, path string) (*Config, error) {
 	c.applyDefaults()
 	if !md.IsDefined("relay", "delay_warning") {
 		c.Relay.DelayWarning = DefaultDelayWarning // "0" is explicit: disabled
+	}
+	if base != "." && base != "" && !filepath.IsAbs(c.DataDir) {
+		c.DataDir = filepath.Join(base, c.DataDir)
 	}
 	if err := c.Validate(); err != nil {
 		return nil, fix(err)
@@ -192,6 +194,9 @@ var knownKeys = func() map[string]knownKey {
 				key = prefix + "." + tag
 			}
 			ft := f.Type
+			if ft.Kind() == reflect.Pointer { // an optional table ([cluster])
+				ft = ft.Elem()
+			}
 			m[key] = knownKey{open: ft.Kind() == reflect.Map}
 			if ft.Kind() == reflect.Slice {
 				ft = ft.Elem()

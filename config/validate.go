@@ -150,6 +150,9 @@ func (c *Config) applyDefaults() {
 			c.Webhooks[i].Events = []string{"*"}
 		}
 	}
+	if c.Cluster != nil {
+		c.Cluster.applyDefaults()
+	}
 }
 
 // DataPath resolves the name of a secret or key file from the configuration
@@ -467,6 +470,10 @@ func (c *Config) validate(errs *errList) {
 				errs.add(k+".events", "%q is not one of %s", e, strings.Join(webhookEvents, ", "))
 			}
 		}
+	}
+
+	if c.Cluster != nil {
+		c.validateCluster(errs)
 	}
 }
 

@@ -245,10 +245,8 @@ func (s *Store) List(opts ListOptions) ([]*Message, string, error) {
 			if prefix == nil {
 				return string(k)
 			}
-			if len(k) < len(prefix)+16 {
-				return ""
-			}
-			return string(k[len(prefix) : len(prefix)+16])
+			id, _, _ := parseStatusKey(prefix, k)
+			return id
 		}
 		var k []byte
 		start := append(bytes.Clone(prefix), opts.Before...)

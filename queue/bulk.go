@@ -107,7 +107,7 @@ func (f Filter) compile(now time.Time) (*compiled, error) {
 		c.ids = make(map[string]bool, len(f.IDs))
 		for _, id := range f.IDs {
 			if !ValidID(id) {
-				return nil, fmt.Errorf("%w: message id %q is not 16 characters 0-9a-v", ErrBadFilter, id)
+				return nil, fmt.Errorf("%w: message id %q is not a message id (16 characters 0-9a-v, optionally after a node id and \"-\")", ErrBadFilter, id)
 			}
 			c.ids[id] = true
 		}
@@ -333,8 +333,8 @@ func (s *Store) bulkTargets(action BulkAction, c *compiled) ([]BulkItem, error) 
 				p := indexKey(string(st), "")
 				cur := tx.Bucket(bucketByStatus).Cursor()
 				for k, _ := cur.Seek(p); k != nil && bytes.HasPrefix(k, p); k, _ = cur.Next() {
-					if len(k) == len(p)+16+2 {
-						set[string(k[len(p):len(p)+16])] = true
+					if id, _, ok := parseStatusKey(p, k); ok {
+						set[id] = true
 					}
 				}
 			}

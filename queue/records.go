@@ -142,18 +142,40 @@ func destDueKey(dest string, due []byte) []byte {
 // dueItemKey is the scheduler's map key of a time-index key (no allocation).
 func dueItemKey(k []byte) (itemKey, bool) {
 	var ik itemKey
-	if len(k) != 8+len(ik) {
+	if !validDueKeyLen(len(k)) {
 		return ik, false
 	}
-	copy(ik[:], k[8:])
+	ik[0] = byte(len(k) - 8)
+	copy(ik[1:], k[8:])
 	return ik, true
 }
 
+// validDueKeyLen reports whether n is the length of a time-index key: 8
+// bytes of time, an id (of a single node or of a named node) and 2 bytes of
+// recipient index.
+func validDueKeyLen(n int) bool {
+	n -= 8 + 2
+	return n == CoreIDLen || n >= 1+1+CoreIDLen && n <= MaxIDLen
+}
+
 func parseDueKey(k []byte) (t time.Time, id string, idx int, ok bool) {
-	if len(k) != 8+16+2 {
+	if !validDueKeyLen(len(k)) {
 		return time.Time{}, "", 0, false
 	}
-	return time.Unix(0, int64(binary.BigEndian.Uint64(k))), string(k[8:24]), int(binary.BigEndian.Uint16(k[24:])), true
+	return time.Unix(0, int64(binary.BigEndian.Uint64(k))), string(k[8 : len(k)-2]), int(binary.BigEndian.Uint16(k[len(k)-2:])), true
+}
+
+// parseStatusKey returns the id and recipient index of a status-index key k
+// that starts with prefix (indexKey(status, "")).
+func parseStatusKey(prefix, k []byte) (id string, idx int, ok bool) {
+	if len(k) < len(prefix)+2 {
+		return "", 0, false
+	}
+	id = string(k[len(prefix) : len(k)-2])
+	if !ValidID(id) {
+		return "", 0, false
+	}
+	return id, int(binary.BigEndian.Uint16(k[len(k)-2:])), true
 }
 
 func timeKey(t time.Time, id string) []byte {

@@ -213,9 +213,10 @@ func (r *Runner) Run(ctx context.Context) error {
 	}
 }
 
-// itemKey names a (message, recipient) in the scheduler's maps: the id and
-// index as they stand in a time-index key.
-type itemKey [16 + 2]byte
+// itemKey names a (message, recipient) in the scheduler's maps: the length
+// of the id and index, then the id and index as they stand in a time-index
+// key (zero-padded).
+type itemKey [1 + MaxIDLen + 2]byte
 
 type dueItem struct {
 	key  itemKey
@@ -356,7 +357,7 @@ func dueTime(k []byte) time.Time { return time.Unix(0, int64(binary.BigEndian.Ui
 func (r *Runner) refill(tx *bolt.Tx, dest string, now time.Time, perDestReady, total int) bool {
 	c := tx.Bucket(bucketDueDest).Cursor()
 	p := append([]byte(dest), 0)
-	for k, _ := c.Seek(p); k != nil && len(k) == len(p)+26 && string(k[:len(p)]) == string(p); k, _ = c.Next() {
+	for k, _ := c.Seek(p); k != nil && validDueKeyLen(len(k)-len(p)) && string(k[:len(p)]) == string(p); k, _ = c.Next() {
 		due := k[len(p):]
 		if time.Unix(0, int64(binary.BigEndian.Uint64(due))).After(now) {
 			return false

@@ -125,11 +125,10 @@ func (s *Store) summary(by string, chunk int) ([]SummaryRow, error) {
 						from = bytes.Clone(k) // the first key of the next chunk
 						return nil
 					}
-					if len(k) != len(p)+16+2 {
+					id, idx, ok := parseStatusKey(p, k)
+					if !ok {
 						continue
 					}
-					id := string(k[len(p) : len(p)+16])
-					idx := int(k[len(p)+16])<<8 | int(k[len(p)+17])
 					if err := add(tx, st, id, idx); err != nil && !errors.Is(err, ErrNotFound) {
 						return err
 					}

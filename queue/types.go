@@ -12,9 +12,12 @@ import (
 	"crypto/rand"
 	"encoding/base32"
 	"encoding/binary"
+	"fmt"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/hermod-mta/hermod/vocab"
 )
 
 // Status is the state of one recipient of a message (docs/design.md, "VERP and statuses").
@@ -178,6 +181,14 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 
 var idEncoding = base32.HexEncoding.WithPadding(base32.NoPadding)
 
+// CoreIDLen is the length of a single-node message id, and of the part of a
+// node's message id after "<node>-".
+const CoreIDLen = 16
+
+// MaxIDLen is the longest message id: a node id of vocab.MaxNodeIDLen
+// characters, "-" and CoreIDLen characters.
+const MaxIDLen = vocab.MaxNodeIDLen + 1 + CoreIDLen
+
 // NewID returns a new message id: 16 lower-case base32hex characters made of
 // 48 bits of milliseconds since the epoch and 32 random bits, so that ids sort
 // by time of acceptance and fit a lower-case-only VERP local part.
@@ -191,16 +202,57 @@ func NewID(now time.Time) string {
 	return strings.ToLower(idEncoding.EncodeToString(b[:]))
 }
 
-// ValidID reports whether s has the form NewID produces.
+// NewNodeID returns a new message id of node: "<node>-" followed by an id as
+// NewID makes, so that the id names the node that owns the message and the
+// ids of one node sort by time of acceptance. node "" gives NewID's id. It
+// panics if node is neither "" nor valid (see vocab.ParseNodeID): the node id
+// is validated with the configuration, so an invalid one here is a
+// programming error, and an id ValidID refuses could never be queued.
+//
+// The single-node ids of a spool that joined a cluster begin with "0" (for
+// the next few centuries) and so sort before every node id, which begins
+// with a letter: acceptance order holds across the change too.
+func NewNodeID(node vocab.NodeID, now time.Time) string {
+	if node == "" {
+		return NewID(now)
+	}
+	if !node.Valid() {
+		panic(fmt.Sprintf("queue: NewNodeID: invalid node id %q", node))
+	}
+	return string(node) + "-" + NewID(now)
+}
+
+// ValidID reports whether s has a form NewNodeID produces: CoreIDLen
+// characters of lower-case base32hex, optionally preceded by a valid node id
+// and "-".
 func ValidID(s string) bool {
-	if len(s) != 16 {
+	node, core, clustered := strings.Cut(s, "-")
+	if !clustered {
+		core = s
+	} else if !vocab.NodeID(node).Valid() {
 		return false
 	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
+	if len(core) != CoreIDLen {
+		return false
+	}
+	for i := 0; i < len(core); i++ {
+		c := core[i]
 		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'v') {
 			return false
 		}
 	}
 	return true
+}
+
+// IDNode returns the node that owns message id, or "" for a single-node id
+// (and for a string that is not a valid id).
+func IDNode(id string) vocab.NodeID {
+	if !ValidID(id) {
+		return ""
+	}
+	node, _, _ := strings.Cut(id, "-")
+	if node == id {
+		return ""
+	}
+	return vocab.NodeID(node)
 }

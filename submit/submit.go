@@ -23,6 +23,7 @@ import (
 	"github.com/hermod-mta/hermod/sender"
 	"github.com/hermod-mta/hermod/smtpd"
 	"github.com/hermod-mta/hermod/verp"
+	"github.com/hermod-mta/hermod/vocab"
 )
 
 // Accounts is what the pipeline needs to know about company accounts and
@@ -64,6 +65,9 @@ type Options struct {
 	Logger         *slog.Logger
 	// OnSign, when set, is called after each DKIM signature (metrics).
 	OnSign func()
+	// Node is this node's `[cluster] node_id`: accepted mail gets ids that
+	// name it (queue.NewNodeID). "" (no cluster) keeps single-node ids.
+	Node vocab.NodeID
 }
 
 // Pipeline implements smtpd.Submitter.
@@ -137,7 +141,7 @@ func (p *Pipeline) Submit(ctx context.Context, sub *smtpd.Submission) (string, e
 		return "", fmt.Errorf("submit: sender rule: %w", err)
 	}
 
-	id := queue.NewID(now)
+	id := queue.NewNodeID(p.opts.Node, now)
 	if strings.TrimSpace(h.Get("Message-Id")) == "" {
 		h.Set("Message-Id", "<"+id+"@"+p.opts.Hostname+">")
 	}

@@ -25,6 +25,28 @@
 // 4.5.3.1.1. Only lower-case letters and digits are used because some MTAs fold
 // the case of local parts; Decode folds ASCII upper case before verifying.
 //
+// # Tokens of a node's message ids (version 3)
+//
+// On a cluster a message id names the node that owns it: "<node>-<16
+// chars>", node being the `[cluster] node_id` (1 to 8 of [a-z0-9], starting
+// with a letter). Its token names the node too, so that any node's bounce
+// listener can tell the owner from the address alone:
+//
+//	<node>-<35 chars>
+//
+// The 35 characters are laid out as in version 2 over the 16-character core
+// of the id (the part after "<node>-"), but the MAC is
+//
+//	HMAC-SHA256(secret, "hermod-verp-v3|" + msgID + "|" + decimal(rcpt))
+//
+// over the whole id, node included. A token moved to another node (its node
+// part edited), a version 2 token given a node part, and a version 3 token
+// stripped of it all fail the MAC. The local part is at most
+// len(Prefix)+MaxTokenLen = 54 octets; "-" is the only character beyond
+// lower-case letters and digits, and it never occurs in base32hex, so it
+// separates the node unambiguously. Decode folds upper case in the node part
+// too.
+//
 // # Version 1 (still accepted)
 //
 // Version 1 tokens, which hermod issued before, are TokenLenV1 (27)
@@ -49,14 +71,19 @@ import (
 	"strings"
 
 	"github.com/hermod-mta/hermod/internal/atomicfile"
+	"github.com/hermod-mta/hermod/vocab"
 )
 
 // Prefix starts the local part of every VERP envelope sender.
 const Prefix = "bounce-md_"
 
 const (
-	// MsgIDLen is the length of a hermod message id: 10 bytes in base32hex.
+	// MsgIDLen is the length of a single-node hermod message id (10 bytes in
+	// base32hex), and of the core of a node's id after "<node>-".
 	MsgIDLen = 16
+	// MaxMsgIDLen is the length of the longest message id: a node id of
+	// vocab.MaxNodeIDLen characters, "-" and MsgIDLen characters.
+	MaxMsgIDLen = vocab.MaxNodeIDLen + 1 + MsgIDLen
 	// MaxRecipients bounds the recipient index: valid indices are 0..MaxRecipients-1.
 	MaxRecipients = 10000
 	rcptLen       = 3  // 32^3 = 32768 > MaxRecipients
@@ -66,6 +93,9 @@ const (
 	TokenLen = MsgIDLen + rcptLen + macLen
 	// TokenLenV1 is the length of a version 1 token, which Decode accepts.
 	TokenLenV1 = MsgIDLen + rcptLen + macLenV1
+	// MaxTokenLen is the length of the longest token: version 3 for a node id
+	// of vocab.MaxNodeIDLen characters.
+	MaxTokenLen = vocab.MaxNodeIDLen + 1 + TokenLen
 	// MinSecretLen is the shortest secret New accepts.
 	MinSecretLen = 16
 	// secretLen is the size LoadOrCreateSecret generates.
@@ -74,6 +104,7 @@ const (
 	alphabet     = "0123456789abcdefghijklmnopqrstuv"
 	macContext   = "hermod-verp-v2|"
 	macContextV1 = "hermod-verp-v1|"
+	macContextV3 = "hermod-verp-v3|"
 )
 
 // ErrInvalid is wrapped by every error Decode and ParseAddress return.
@@ -95,13 +126,25 @@ func New(secret []byte) (*Codec, error) {
 }
 
 // ValidMessageID reports whether id is a hermod message id: exactly MsgIDLen
-// characters of lower-case base32hex.
+// characters of lower-case base32hex, optionally after a node id (see
+// vocab.ParseNodeID) and "-". It agrees with queue.ValidID.
 func ValidMessageID(id string) bool {
-	if len(id) != MsgIDLen {
+	node, core, ok := strings.Cut(id, "-")
+	if !ok {
+		core = id
+	} else if !vocab.NodeID(node).Valid() {
 		return false
 	}
-	for i := 0; i < len(id); i++ {
-		if digit(id[i]) < 0 {
+	return validCore(core)
+}
+
+// validCore reports whether core is MsgIDLen lower-case base32hex digits.
+func validCore(core string) bool {
+	if len(core) != MsgIDLen {
+		return false
+	}
+	for i := 0; i < len(core); i++ {
+		if digit(core[i]) < 0 {
 			return false
 		}
 	}
@@ -109,7 +152,9 @@ func ValidMessageID(id string) bool {
 }
 
 // Encode returns the token (without Prefix) for recipient rcpt of message
-// msgID, in the format described in the package documentation.
+// msgID, in the format described in the package documentation: version 2
+// for a single-node id, version 3 ("<node>-" and 35 characters) for a
+// node's id.
 //
 // Encode panics if msgID is not a valid message id (see ValidMessageID) or rcpt
 // is outside 0..MaxRecipients-1: both come from the queue, never from the
@@ -122,11 +167,21 @@ func (c *Codec) Encode(msgID string, rcpt int) string {
 	if rcpt < 0 || rcpt >= MaxRecipients {
 		panic(fmt.Sprintf("verp: Encode: recipient index %d out of range", rcpt))
 	}
-	var b [TokenLen]byte
-	copy(b[:], msgID)
-	putRcpt(b[MsgIDLen:MsgIDLen+rcptLen], rcpt)
-	c.putMAC(b[MsgIDLen+rcptLen:], macContext, msgID, rcpt)
-	return string(b[:])
+	ctx := macContext
+	node, core, clustered := strings.Cut(msgID, "-")
+	if !clustered {
+		node, core = "", msgID
+	} else {
+		ctx = macContextV3
+		node += "-"
+	}
+	var buf [MaxTokenLen]byte
+	b := append(buf[:0], node...)
+	t := b[len(b) : len(b)+TokenLen]
+	copy(t, core)
+	putRcpt(t[MsgIDLen:MsgIDLen+rcptLen], rcpt)
+	c.putMAC(t[MsgIDLen+rcptLen:], ctx, msgID, rcpt)
+	return string(b[:len(b)+TokenLen])
 }
 
 // LocalPart returns Prefix followed by Encode(msgID, rcpt); it panics as Encode does.
@@ -134,16 +189,31 @@ func (c *Codec) LocalPart(msgID string, rcpt int) string {
 	return Prefix + c.Encode(msgID, rcpt)
 }
 
-// Decode verifies token (without Prefix), of version 2 or 1, and returns
-// the message id and recipient index it names. ASCII upper case is folded to
-// lower case first. Every error wraps ErrInvalid: wrong length, a character
+// Decode verifies token (without Prefix), of version 3, 2 or 1, and returns
+// the message id (with its node for version 3) and recipient index it names.
+// ASCII upper case is folded to lower case first. Every error wraps
+// ErrInvalid: wrong length, a node part that is not a node id, a character
 // outside base32hex, a recipient index out of range, or a MAC that does not
 // match (compared in constant time).
 func (c *Codec) Decode(token string) (msgID string, rcpt int, err error) {
 	ctx := macContext
-	switch len(token) {
-	case TokenLen:
-	case TokenLenV1:
+	node := ""
+	if i := strings.IndexByte(token, '-'); i >= 0 {
+		if i > vocab.MaxNodeIDLen {
+			return "", 0, fmt.Errorf("%w: node part of %d characters, at most %d", ErrInvalid, i, vocab.MaxNodeIDLen)
+		}
+		n, err := vocab.ParseNodeID(lowerASCII(token[:i]))
+		if err != nil {
+			return "", 0, fmt.Errorf("%w: %w", ErrInvalid, err)
+		}
+		node, token, ctx = string(n)+"-", token[i+1:], macContextV3
+		if len(token) != TokenLen {
+			return "", 0, fmt.Errorf("%w: token length %d after the node, want %d", ErrInvalid, len(token), TokenLen)
+		}
+	}
+	switch {
+	case len(token) == TokenLen:
+	case len(token) == TokenLenV1: // never after a node: checked above
 		ctx = macContextV1
 	default:
 		return "", 0, fmt.Errorf("%w: token length %d, want %d (or %d)", ErrInvalid, len(token), TokenLen, TokenLenV1)
@@ -166,7 +236,7 @@ func (c *Codec) Decode(token string) (msgID string, rcpt int, err error) {
 	if rcpt >= MaxRecipients {
 		return "", 0, fmt.Errorf("%w: recipient index %d out of range", ErrInvalid, rcpt)
 	}
-	msgID = string(b[:MsgIDLen])
+	msgID = node + string(b[:MsgIDLen])
 	want := make([]byte, len(token)-MsgIDLen-rcptLen)
 	c.putMAC(want, ctx, msgID, rcpt)
 	if subtle.ConstantTimeCompare(want, b[MsgIDLen+rcptLen:]) != 1 {
@@ -203,7 +273,7 @@ func (c *Codec) ParseAddress(addr string) (msgID string, rcpt int, err error) {
 // significant first.
 func (c *Codec) putMAC(dst []byte, ctx, msgID string, rcpt int) {
 	m := hmac.New(sha256.New, c.secret)
-	var in [len(macContext) + MsgIDLen + 1 + 4]byte
+	var in [len(macContext) + MaxMsgIDLen + 1 + 4]byte
 	buf := append(in[:0], ctx...)
 	buf = append(buf, msgID...)
 	buf = append(buf, '|')
@@ -220,6 +290,18 @@ func (c *Codec) putMAC(dst []byte, ctx, msgID string, rcpt int) {
 			v >>= 5
 		}
 	}
+}
+
+// lowerASCII folds ASCII upper case in s and nothing else (strings.ToLower
+// would also fold non-ASCII letters such as the Kelvin sign into "k").
+func lowerASCII(s string) string {
+	b := []byte(s)
+	for i, ch := range b {
+		if 'A' <= ch && ch <= 'Z' {
+			b[i] = ch + 'a' - 'A'
+		}
+	}
+	return string(b)
 }
 
 func putRcpt(dst []byte, rcpt int) {

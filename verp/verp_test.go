@@ -378,6 +378,11 @@ func FuzzDecode(f *testing.F) {
 	f.Add(c.Encode("0123456789abcdef", 0)[:26] + "w")
 	f.Add("")
 	f.Add(strings.Repeat("\xff", TokenLen))
+	f.Add(c.Encode("n1-0123456789abcdef", 3))
+	f.Add(strings.ToUpper(c.Encode("node0001-vvvvvvvvvvvvvvvv", 9999)))
+	f.Add("n2" + c.Encode("n1-0123456789abcdef", 3)[2:])
+	f.Add("-" + c.Encode("0123456789abcdef", 0))
+	f.Add("\u212a1-" + c.Encode("k1-0123456789abcdef", 0)[3:])
 	f.Fuzz(func(t *testing.T, token string) {
 		id, rcpt, err := c.Decode(token)
 		if err != nil {
