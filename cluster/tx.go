@@ -54,7 +54,7 @@ func (t viewTx) Bucket(name string) control.Bucket {
 
 type viewBucket struct{ b *bbolt.Bucket }
 
-func (b viewBucket) Get(k []byte) []byte  { return strip(b.b.Get(k)) }
+func (b viewBucket) Get(k []byte) []byte   { return strip(b.b.Get(k)) }
 func (b viewBucket) Put(k, v []byte) error { return errReadOnly }
 func (b viewBucket) Delete(k []byte) error { return errReadOnly }
 func (b viewBucket) Cursor() control.Cursor {

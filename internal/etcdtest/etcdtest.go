@@ -39,15 +39,15 @@ type Cluster struct {
 }
 
 type member struct {
-	name     string
-	dir      string // data directory
-	logPath  string // stderr of every run, appended
-	client   string // http://127.0.0.1:port
-	peer     string // http://127.0.0.1:port
-	initial  string // --initial-cluster value
-	mu       sync.Mutex
-	cmd      *exec.Cmd
-	exited   chan struct{}
+	name    string
+	dir     string // data directory
+	logPath string // stderr of every run, appended
+	client  string // http://127.0.0.1:port
+	peer    string // http://127.0.0.1:port
+	initial string // --initial-cluster value
+	mu      sync.Mutex
+	cmd     *exec.Cmd
+	exited  chan struct{}
 }
 
 // Require skips the test when the etcd binary is missing, or fails it under
