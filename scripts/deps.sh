@@ -25,6 +25,7 @@ HERMOD_DEPS=(
 	"opensmtpd|fn:install_opensmtpd|/opt/hermod/opensmtpd/usr/sbin/smtpd -n -f /dev/stdin <<< 'match for any reject' && getent passwd opensmtpd opensmtpq && command -v unshare nsenter|/opt/hermod/opensmtpd/usr/sbin/smtpd -h 2>&1; true"
 	"sasl-plain|libsasl2-modules|compgen -G '/usr/lib/*/sasl2/libplain.so*'|dpkg-query -W -f='libsasl2-modules \${Version}\\n' libsasl2-modules"
 	"staticcheck|fn:install_staticcheck|test -x \"\$(go env GOPATH)/bin/staticcheck\"|\"\$(go env GOPATH)/bin/staticcheck\" -version"
+	"etcd|fn:install_etcd|/usr/bin/etcd --version|/usr/bin/etcd --version 2>/dev/null"
 )
 
 # STATICCHECK_VERSION is the pinned staticcheck release (2026.2.2).
@@ -84,6 +85,33 @@ install_opensmtpd() {
 		getent passwd "$u" >/dev/null ||
 			useradd --system --user-group --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin "$u"
 	done
+}
+
+# install_etcd installs Debian's etcd-server (/usr/bin/etcd, which
+# internal/etcdtest runs as private members on loopback) without letting the
+# package start a system etcd: during the install a policy-rc.d that exits
+# 101 forbids service starts (one already in place, as in Docker images, is
+# kept as it is), and afterwards any etcd the install left running anyway is
+# stopped by its PID.
+install_etcd() {
+	local ours=0 rc=0 pid
+	export DEBIAN_FRONTEND=noninteractive
+	if [ ! -e /usr/sbin/policy-rc.d ]; then
+		printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+		chmod 755 /usr/sbin/policy-rc.d
+		ours=1
+	fi
+	apt-get update -qq
+	apt-get install -y -qq --no-install-recommends etcd-server >/dev/null || rc=$?
+	[ "$ours" = 1 ] && rm -f /usr/sbin/policy-rc.d
+	if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+		systemctl disable --now etcd.service >/dev/null 2>&1 || true
+	fi
+	for pid in $(pgrep -x etcd 2>/dev/null); do
+		[ "$(readlink "/proc/$pid/exe" 2>/dev/null)" = /usr/bin/etcd ] &&
+			[ "$(ps -o ppid= -p "$pid" | tr -d ' ')" = 1 ] && kill "$pid"
+	done
+	return "$rc"
 }
 
 # deps_field ROW N prints field N (1-based) of a row.
