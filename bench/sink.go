@@ -169,12 +169,18 @@ func readSigned(r io.Reader) (bool, error) {
 }
 
 // arrivalKey names the submission a delivery belongs to: the hermod queue id
-// of a VERP envelope sender (bounce-md_<16-char id><rcpt><mac>@host), or the
+// of a VERP envelope sender (bounce-md_<id><rcpt><mac>@host, the id with its node on a cluster), or the
 // local part of the bench's own envelope sender (kept by Postfix).
 func arrivalKey(from string) string {
 	local, _, _ := strings.Cut(from, "@")
-	if id, ok := strings.CutPrefix(strings.ToLower(local), "bounce-md_"); ok && len(id) >= 16 {
-		return id[:16]
+	if id, ok := strings.CutPrefix(strings.ToLower(local), "bounce-md_"); ok {
+		n := 16
+		if i := strings.IndexByte(id, '-'); i > 0 && i <= 8 {
+			n += i + 1 // a cluster node's id: <node>-<16 chars>
+		}
+		if len(id) >= n {
+			return id[:n]
+		}
 	}
 	if strings.HasPrefix(local, "bench-") {
 		return local

@@ -29,6 +29,7 @@ func checkPermissions(cfg *config.Config) error {
 	for i, w := range cfg.Webhooks {
 		secrets = append(secrets, fsperm.Secret{Path: cfg.DataPath(w.SecretFile), What: "webhook[" + strconv.Itoa(i) + "].secret_file"})
 	}
+	secrets = append(secrets, cfg.ClusterSecrets()...)
 	return fsperm.Check(dirs, secrets)
 }
 

@@ -18,7 +18,8 @@ import (
 // package).
 const verpPrefix = "bounce-md_"
 
-// verpIDLen is the length of the queue id after verpPrefix.
+// verpIDLen is the length of the queue id after verpPrefix (after the
+// node and its dash for a cluster node's id).
 const verpIDLen = 16
 
 // Message is one message a Sink accepted.
@@ -211,9 +212,13 @@ func (s *Sink) record(m Message) {
 	defer s.mu.Unlock()
 	s.delivered++
 	id, verp := strings.CutPrefix(m.From, verpPrefix)
-	verp = verp && len(id) >= verpIDLen
+	n := verpIDLen
+	if i := strings.IndexByte(id, '-'); i > 0 && i <= 8 {
+		n += i + 1 // a cluster node's id: <node>-<16 chars>
+	}
+	verp = verp && len(id) >= n
 	if verp {
-		id = id[:verpIDLen]
+		id = id[:n]
 		s.byID[id]++
 	}
 	for _, to := range m.To {

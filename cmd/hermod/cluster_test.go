@@ -1,0 +1,569 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"mime"
+	"net/http"
+	"net/mail"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/hermod-mta/hermod/internal/etcdtest"
+	"github.com/hermod-mta/hermod/internal/testnet"
+)
+
+// The cluster tests run real processes: three etcd members (etcdtest) and
+// three hermod nodes built from this package, delivering to one sink MX,
+// with a miekg/dns server for domain verification. Everything is on
+// loopback.
+
+// hermodNode is one hermod process of a test cluster.
+type hermodNode struct {
+	t                       *testing.T
+	id                      string
+	dir, conf, bin          string
+	sub, bounce, api        string
+	token                   string
+	mu                      sync.Mutex
+	cmd                     *exec.Cmd
+	exited                  chan struct{}
+	logPath                 string
+	secretFile, verpSecretF string
+}
+
+type testCluster struct {
+	t     *testing.T
+	etcd  *etcdtest.Cluster
+	dns   *testnet.DNS
+	sink  *testnet.Sink
+	nodes []*hermodNode
+}
+
+// buildHermod builds the binary once per test.
+func buildHermod(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "hermod")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// startCluster starts etcd, the DNS server, the sink and n hermod nodes
+// sharing one cluster secret and one VERP secret.
+func startCluster(t *testing.T, n int) *testCluster {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("runs etcd and hermod processes")
+	}
+	tc := &testCluster{t: t, etcd: etcdtest.Start(t, 3), dns: testnet.NewDNS(t), sink: testnet.NewSink(t)}
+	bin := buildHermod(t)
+	shared := t.TempDir()
+	secret, verp := filepath.Join(shared, "cluster.secret"), filepath.Join(shared, "verp.secret")
+	writeSecret(t, secret, "cluster-secret-for-tests-0123456789abcdef")
+	writeSecret(t, verp, "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n")
+	hash, _ := bcrypt.GenerateFromPassword([]byte("pw"), bcrypt.MinCost)
+	endpoints, _ := json.Marshal(tc.etcd.Endpoints())
+	for i := 1; i <= n; i++ {
+		nd := &hermodNode{t: t, id: fmt.Sprintf("n%d", i), dir: t.TempDir(), bin: bin,
+			sub: testnet.FreeAddr(t), bounce: testnet.FreeAddr(t), api: testnet.FreeAddr(t), secretFile: secret, verpSecretF: verp}
+		nd.conf = filepath.Join(nd.dir, "hermod.toml")
+		nd.logPath = filepath.Join(nd.dir, "hermod.log")
+		data := filepath.Join(nd.dir, "data")
+		if err := os.MkdirAll(data, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		copyFile(t, verp, filepath.Join(data, "verp.secret"))
+		conf := fmt.Sprintf(`hostname = "%s.hermod.test"
+data_dir = %q
+shutdown_timeout = "5s"
+[submission]
+listen = %q
+[[submission.users]]
+name = "app"
+password_hash = %q
+accounts = ["*"]
+[bounce]
+listen = %q
+domain = "m.makeleaps.test"
+verp_secret_file = "verp.secret"
+[sender]
+default_from = "noreply@makeleaps.test"
+dkim_domain = "makeleaps.test"
+dkim_algorithm = "ed25519"
+[relay]
+resolvers = [%q]
+retry = ["300ms"]
+[[relay.route]]
+domain = "*"
+host = %q
+[api]
+listen = %q
+[log]
+level = "info"
+[cluster]
+node_id = %q
+etcd_endpoints = %s
+advertise = "http://%s"
+secret_file = %q
+heartbeat = "1s"
+etcd_request_timeout = "2s"
+etcd_dial_timeout = "2s"
+`, nd.id, data, nd.sub, hash, nd.bounce, tc.dns.Addr(), tc.sink.Addr(), nd.api, nd.id, endpoints, nd.api, secret)
+		if err := os.WriteFile(nd.conf, []byte(conf), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		tc.nodes = append(tc.nodes, nd)
+	}
+	for _, nd := range tc.nodes {
+		nd.start()
+	}
+	t.Cleanup(func() {
+		for _, nd := range tc.nodes {
+			nd.stop()
+		}
+		if t.Failed() {
+			for _, nd := range tc.nodes {
+				log, _ := os.ReadFile(nd.logPath)
+				t.Logf("--- %s log (tail) ---\n%s", nd.id, tail(string(log), 6000))
+			}
+		}
+	})
+	return tc
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
+}
+
+func writeSecret(t *testing.T, path, s string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(s), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func copyFile(t *testing.T, from, to string) {
+	t.Helper()
+	b, err := os.ReadFile(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(to, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// start runs the node and waits until its API answers.
+func (nd *hermodNode) start() {
+	nd.t.Helper()
+	cmd := exec.Command(nd.bin, "serve", "-config", nd.conf)
+	logf, err := os.OpenFile(nd.logPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+	if err != nil {
+		nd.t.Fatal(err)
+	}
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		nd.t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); logf.Close(); close(exited) }()
+	nd.mu.Lock()
+	nd.cmd, nd.exited = cmd, exited
+	nd.mu.Unlock()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if tok, err := os.ReadFile(filepath.Join(nd.dir, "data", "api.token")); err == nil {
+			nd.token = strings.TrimSpace(string(tok))
+			if c, err := net.Dial("tcp", nd.api); err == nil {
+				c.Close()
+				return
+			}
+		}
+		select {
+		case <-exited:
+			log, _ := os.ReadFile(nd.logPath)
+			nd.t.Fatalf("%s exited at start:\n%s", nd.id, tail(string(log), 4000))
+		default:
+		}
+		if time.Now().After(deadline) {
+			log, _ := os.ReadFile(nd.logPath)
+			nd.t.Fatalf("%s did not start:\n%s", nd.id, tail(string(log), 4000))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// kill sends SIGKILL and waits for the exit.
+func (nd *hermodNode) kill() { nd.signal(syscall.SIGKILL) }
+
+// stop sends SIGTERM and waits for the exit.
+func (nd *hermodNode) stop() { nd.signal(syscall.SIGTERM) }
+
+func (nd *hermodNode) signal(sig syscall.Signal) {
+	nd.mu.Lock()
+	cmd, exited := nd.cmd, nd.exited
+	nd.cmd = nil
+	nd.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	_ = cmd.Process.Signal(sig)
+	select {
+	case <-exited:
+	case <-time.After(20 * time.Second):
+		_ = cmd.Process.Kill()
+		<-exited
+		nd.t.Errorf("%s did not stop on %v", nd.id, sig)
+	}
+}
+
+// call makes an API request and decodes the JSON answer into out (if not
+// nil); it returns the status and the raw body.
+func (nd *hermodNode) call(method, path string, body any, out any) (int, string) {
+	nd.t.Helper()
+	var rd io.Reader
+	if body != nil {
+		b, _ := json.Marshal(body)
+		rd = bytes.NewReader(b)
+	}
+	req, _ := http.NewRequest(method, "http://"+nd.api+path, rd)
+	req.Header.Set("Authorization", "Bearer "+nd.token)
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := (&http.Client{Timeout: 20 * time.Second}).Do(req)
+	if err != nil {
+		nd.t.Fatalf("%s %s on %s: %v", method, path, nd.id, err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	if out != nil && resp.StatusCode < 300 {
+		if err := json.Unmarshal(raw, out); err != nil {
+			nd.t.Fatalf("%s %s on %s: %v in %s", method, path, nd.id, err, raw)
+		}
+	}
+	return resp.StatusCode, string(raw)
+}
+
+// mustCall is call that fails the test on a status other than want.
+func (nd *hermodNode) mustCall(want int, method, path string, body any, out any) string {
+	nd.t.Helper()
+	code, raw := nd.call(method, path, body, out)
+	if code != want {
+		nd.t.Fatalf("%s %s on %s = %d %s; want %d", method, path, nd.id, code, raw, want)
+	}
+	return raw
+}
+
+var reClusterID = regexp.MustCompile(`^250 2\.0\.0 OK: queued as ([0-9a-z]+-[0-9a-v]{16})`)
+
+// submit sends one message over authenticated SMTP and returns its id.
+func (nd *hermodNode) submit(rcpt string, headers ...string) string {
+	nd.t.Helper()
+	id, reply := smtpSubmit(nd.sub, rcpt, headers...)
+	if id == "" {
+		nd.t.Fatalf("submit to %s for %s: %s", nd.id, rcpt, reply)
+	}
+	return id
+}
+
+// smtpSubmit is submit without a test: the id ("" when refused) and the
+// last reply.
+func smtpSubmit(addr, rcpt string, headers ...string) (id, reply string) {
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		return "", err.Error()
+	}
+	defer c.Close()
+	r := bufio.NewReader(c)
+	read := func() string {
+		var last string
+		for {
+			c.SetReadDeadline(time.Now().Add(20 * time.Second))
+			l, err := r.ReadString('\n')
+			if err != nil {
+				return "read: " + err.Error()
+			}
+			last = strings.TrimRight(l, "\r\n")
+			if len(last) < 4 || last[3] != '-' {
+				return last
+			}
+		}
+	}
+	step := func(cmd, want string) bool {
+		if cmd != "" {
+			io.WriteString(c, cmd)
+		}
+		reply = read()
+		return strings.HasPrefix(reply, want)
+	}
+	auth := base64.StdEncoding.EncodeToString([]byte("\x00app\x00pw"))
+	hdr := "From: app@saas.test\r\n"
+	for _, h := range headers {
+		if strings.HasPrefix(h, "From:") {
+			hdr = ""
+		}
+	}
+	hdr += strings.Join(append(headers, "Subject: cluster test for "+rcpt), "\r\n") + "\r\n"
+	if !step("", "220") || !step("EHLO client.test\r\n", "250") || !step("AUTH PLAIN "+auth+"\r\n", "235") ||
+		!step("MAIL FROM:<app@saas.test>\r\n", "250") || !step("RCPT TO:<"+rcpt+">\r\n", "250") ||
+		!step("DATA\r\n", "354") || !step(hdr+"\r\nhello from the cluster test\r\n.\r\n", "250") {
+		return "", reply
+	}
+	io.WriteString(c, "QUIT\r\n")
+	if m := reClusterID.FindStringSubmatch(reply); m != nil {
+		return m[1], reply
+	}
+	return "", reply
+}
+
+// sendDSN delivers a delivery status notification for rcpt (hard: 5.1.1)
+// to the bounce listener at addr, addressed to the VERP address verp.
+func sendDSN(t *testing.T, addr, verp, rcpt string) {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	r := bufio.NewReader(c)
+	read := func() string {
+		var last string
+		for {
+			c.SetReadDeadline(time.Now().Add(20 * time.Second))
+			l, err := r.ReadString('\n')
+			if err != nil {
+				return "read: " + err.Error()
+			}
+			last = strings.TrimRight(l, "\r\n")
+			if len(last) < 4 || last[3] != '-' {
+				return last
+			}
+		}
+	}
+	dsn := strings.ReplaceAll(`From: MAILER-DAEMON@mx.dest.test
+To: `+verp+`
+Subject: Undelivered Mail Returned to Sender
+MIME-Version: 1.0
+Content-Type: multipart/report; report-type=delivery-status; boundary="BOUNDARY"
+
+--BOUNDARY
+Content-Type: text/plain
+
+The mail for <`+rcpt+`> could not be delivered: no such user.
+
+--BOUNDARY
+Content-Type: message/delivery-status
+
+Reporting-MTA: dns; mx.dest.test
+
+Final-Recipient: rfc822; `+rcpt+`
+Action: failed
+Status: 5.1.1
+Remote-MTA: dns; mx.dest.test
+Diagnostic-Code: smtp; 550 5.1.1 <`+rcpt+`>: Recipient address rejected: User unknown
+
+--BOUNDARY--
+`, "\n", "\r\n")
+	for _, s := range []struct{ cmd, want string }{
+		{"", "220"}, {"EHLO mx.dest.test\r\n", "250"}, {"MAIL FROM:<>\r\n", "250"},
+		{"RCPT TO:<" + verp + ">\r\n", "250"}, {"DATA\r\n", "354"}, {dsn + ".\r\n", "250"},
+	} {
+		if s.cmd != "" {
+			io.WriteString(c, s.cmd)
+		}
+		if got := read(); !strings.HasPrefix(got, s.want) {
+			t.Fatalf("DSN to %s: after %q got %q, want %s", addr, strings.TrimSpace(s.cmd[:min(len(s.cmd), 40)]), got, s.want)
+		}
+	}
+	io.WriteString(c, "QUIT\r\n")
+}
+
+// eventually polls cond until it holds or d passes, then fails with what
+// the last try said.
+func eventually(t *testing.T, d time.Duration, what string, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		ok, last := cond()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %s; last: %s", what, d, last)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// sinkMessage waits for the MX to have a message for rcpt matching match.
+func (tc *testCluster) sinkMessage(rcpt string, match func(testnet.Message) bool, d time.Duration) testnet.Message {
+	tc.t.Helper()
+	var found testnet.Message
+	eventually(tc.t, d, "a message for "+rcpt+" at the MX", func() (bool, string) {
+		for _, m := range tc.sink.Messages() {
+			for _, to := range m.To {
+				if to == rcpt && (match == nil || match(m)) {
+					found = m
+					return true, ""
+				}
+			}
+		}
+		return false, fmt.Sprintf("%d messages at the MX", len(tc.sink.Messages()))
+	})
+	return found
+}
+
+// sinkCount counts the MX's messages for rcpt whose decoded Subject
+// contains s.
+func (tc *testCluster) sinkCount(rcpt, s string) int {
+	n := 0
+	dec := new(mime.WordDecoder)
+	for _, m := range tc.sink.Messages() {
+		if !slices.Contains(m.To, rcpt) {
+			continue
+		}
+		msg, err := mail.ReadMessage(bytes.NewReader(m.Data))
+		if err != nil {
+			continue
+		}
+		subj, err := dec.DecodeHeader(msg.Header.Get("Subject"))
+		if err == nil && strings.Contains(subj, s) {
+			n++
+		}
+	}
+	return n
+}
+
+// messageView is the part of GET /v1/messages/{id} the tests read.
+type messageView struct {
+	ID         string `json:"id"`
+	Recipients []struct {
+		Address string `json:"address"`
+		Status  string `json:"status"`
+		Reason  string `json:"reason"`
+	} `json:"recipients"`
+}
+
+// rcptStatus is the status of the first recipient of id as nd's API says.
+func (nd *hermodNode) rcptStatus(id string) (string, string) {
+	nd.t.Helper()
+	var m messageView
+	code, raw := nd.call("GET", "/v1/messages/"+id, nil, &m)
+	if code != 200 || len(m.Recipients) == 0 {
+		return fmt.Sprintf("HTTP %d", code), raw
+	}
+	return m.Recipients[0].Status, raw
+}
+
+func (nd *hermodNode) waitStatus(id, want string, d time.Duration) {
+	nd.t.Helper()
+	eventually(nd.t, d, fmt.Sprintf("message %s %s through %s", id, want, nd.id), func() (bool, string) {
+		st, raw := nd.rcptStatus(id)
+		return st == want, raw
+	})
+}
+
+// TestClusterEndToEnd: an account and domain made through node 1 verify
+// once and sign node 3's mail; node 2's message is read through node 1; a
+// DSN for it at node 3 bounces it and suppresses the address for node 1.
+func TestClusterEndToEnd(t *testing.T) {
+	tc := startCluster(t, 3)
+	n1, n2, n3 := tc.nodes[0], tc.nodes[1], tc.nodes[2]
+
+	n1.mustCall(200, "PUT", "/v1/accounts/acme", map[string]any{"owner": "owner@acme.test", "custom_domain": true}, nil)
+	var dv struct {
+		Records []struct {
+			Zone string `json:"zone"`
+		} `json:"records"`
+	}
+	n1.mustCall(201, "POST", "/v1/accounts/acme/domains", map[string]any{"domain": "acme.test"}, &dv)
+	if len(dv.Records) != 2 {
+		t.Fatalf("domain records: %+v", dv)
+	}
+	for _, r := range dv.Records {
+		tc.dns.Add(r.Zone)
+	}
+	// Every node asks for a check at once: the cluster verifies once.
+	var wg sync.WaitGroup
+	for _, nd := range tc.nodes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			nd.call("POST", "/v1/accounts/acme/domains/acme.test/check", nil, nil)
+		}()
+	}
+	wg.Wait()
+	eventually(t, 10*time.Second, "acme.test verified through node 3", func() (bool, string) {
+		var d struct {
+			Status string `json:"status"`
+		}
+		_, raw := n3.call("GET", "/v1/accounts/acme/domains/acme.test", nil, &d)
+		return d.Status == "verified", raw
+	})
+
+	// Node 3's sender rule uses the domain: From kept, signed d=acme.test.
+	id3 := n3.submit("reader@dest.test", "From: Taro <taro@acme.test>", "X-Hermod-Account: acme")
+	m := tc.sinkMessage("reader@dest.test", nil, 10*time.Second)
+	if !bytes.Contains(m.Data, []byte("d=acme.test")) || !bytes.Contains(m.Data, []byte("taro@acme.test")) {
+		t.Fatalf("node 3's message %s was not sent as acme.test:\n%s", id3, m.Data[:min(len(m.Data), 1500)])
+	}
+
+	// A message submitted to node 2, read through node 1.
+	id2 := n2.submit("gone@dest.test")
+	if !strings.HasPrefix(id2, "n2-") {
+		t.Fatalf("node 2's id %q does not name node 2", id2)
+	}
+	bounced := tc.sinkMessage("gone@dest.test", nil, 10*time.Second)
+	n1.waitStatus(id2, "sent", 10*time.Second)
+
+	// Its DSN arrives at node 3: bounced (seen through node 2 and node 1),
+	// and the address is suppressed for node 1's next submission.
+	sendDSN(t, n3.bounce, bounced.From, "gone@dest.test")
+	n2.waitStatus(id2, "bounced", 15*time.Second)
+	n1.waitStatus(id2, "bounced", 5*time.Second)
+	eventually(t, 10*time.Second, "gone@dest.test suppressed, seen through node 1", func() (bool, string) {
+		code, raw := n1.call("GET", "/v1/suppressions/gone@dest.test", nil, nil)
+		return code == 200, raw
+	})
+	id1 := n1.submit("gone@dest.test")
+	n1.waitStatus(id1, "suppressed", 10*time.Second)
+
+	// Lists and searches answer for every node.
+	var found struct {
+		Messages []messageView `json:"messages"`
+		Unanswered []string    `json:"unanswered"`
+	}
+	n3.mustCall(200, "GET", "/v1/messages?recipient=gone@dest.test", nil, &found)
+	if len(found.Messages) != 2 || len(found.Unanswered) != 0 {
+		t.Fatalf("search through node 3 = %d messages, unanswered %v; want node 1's and node 2's", len(found.Messages), found.Unanswered)
+	}
+
+	// Exactly one "started" and one "complete" mail reached the owner,
+	// though three nodes checked the domain.
+	started := tc.sinkCount("owner@acme.test", "Domain verification started")
+	complete := tc.sinkCount("owner@acme.test", "Domain verification complete")
+	if started > 1 || complete != 1 {
+		t.Fatalf("the owner got %d started and %d complete mails; want at most one started and exactly one complete", started, complete)
+	}
+}
