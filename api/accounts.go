@@ -1,6 +1,7 @@
 package api
 
 import (
+	"errors"
 	"net/http"
 	"strings"
 	"time"
@@ -172,7 +173,7 @@ func (s *Server) getSuppression(w http.ResponseWriter, r *http.Request) {
 	}
 	e, ok, err := s.opts.Suppress.Lookup(r.URL.Query().Get("account"), r.PathValue("address"))
 	if err != nil {
-		writeError(w, http.StatusBadRequest, "bad_address", err.Error())
+		s.suppressFail(w, err)
 		return
 	}
 	if !ok {
@@ -209,7 +210,7 @@ func (s *Server) putSuppression(w http.ResponseWriter, r *http.Request) {
 	e, err := s.opts.Suppress.Add(suppress.Entry{Address: r.PathValue("address"), Account: req.Account, Reason: req.Reason,
 		Source: "api", Detail: req.Detail, Expires: req.Expires})
 	if err != nil {
-		writeError(w, http.StatusBadRequest, "bad_address", err.Error())
+		s.suppressFail(w, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, e)
@@ -221,7 +222,7 @@ func (s *Server) deleteSuppression(w http.ResponseWriter, r *http.Request) {
 	}
 	ok, err := s.opts.Suppress.Remove(r.URL.Query().Get("account"), r.PathValue("address"))
 	if err != nil {
-		writeError(w, http.StatusBadRequest, "bad_address", err.Error())
+		s.suppressFail(w, err)
 		return
 	}
 	if !ok {
@@ -229,4 +230,15 @@ func (s *Server) deleteSuppression(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"removed": r.PathValue("address")})
+}
+
+// suppressFail answers a suppression list error: 400 for an address or
+// account that cannot be keyed, else as any other failure (503 when the
+// cluster's control data cannot be written).
+func (s *Server) suppressFail(w http.ResponseWriter, err error) {
+	if errors.Is(err, suppress.ErrInvalidAddress) || errors.Is(err, suppress.ErrInvalidAccount) {
+		writeError(w, http.StatusBadRequest, "bad_address", err.Error())
+		return
+	}
+	s.fail(w, err)
 }

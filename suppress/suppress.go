@@ -157,9 +157,13 @@ func key(keyAccount, address string) []byte {
 	return []byte(keyAccount + "\x00" + address)
 }
 
+// ErrInvalidAccount is matched by the error for an account name that
+// cannot be keyed (it contains NUL).
+var ErrInvalidAccount = errors.New("suppress: invalid account")
+
 func checkAccount(account string) error {
 	if strings.IndexByte(account, 0) >= 0 {
-		return fmt.Errorf("suppress: account %q contains NUL", account)
+		return fmt.Errorf("%w: account %q contains NUL", ErrInvalidAccount, account)
 	}
 	return nil
 }

@@ -22,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/emersion/go-smtp"
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/hermod-mta/hermod/internal/etcdtest"
@@ -565,5 +566,164 @@ func TestClusterEndToEnd(t *testing.T) {
 	complete := tc.sinkCount("owner@acme.test", "Domain verification complete")
 	if started > 1 || complete != 1 {
 		t.Fatalf("the owner got %d started and %d complete mails; want at most one started and exactly one complete", started, complete)
+	}
+}
+
+// errorCode is the "code" of an API error answer.
+func errorCode(raw string) string {
+	var e struct {
+		Code string `json:"code"`
+	}
+	_ = json.Unmarshal([]byte(raw), &e)
+	return e.Code
+}
+
+// clusterStatus runs `hermod cluster status -json` with nd's configuration.
+func (nd *hermodNode) clusterStatus() (ClusterStatus, string) {
+	nd.t.Helper()
+	out, err := exec.Command(nd.bin, "cluster", "status", "-json", "-config", nd.conf).CombinedOutput()
+	var st ClusterStatus
+	if err != nil {
+		return st, fmt.Sprintf("%v: %s", err, out)
+	}
+	if err := json.Unmarshal(out, &st); err != nil {
+		return st, fmt.Sprintf("%v: %s", err, out)
+	}
+	return st, string(out)
+}
+
+// TestClusterEtcdFaults: with one etcd member down everything goes on;
+// with two of three down the nodes accept and deliver from their copy,
+// control writes answer 503, and a hard bounce meanwhile is applied to
+// etcd once the quorum is back.
+func TestClusterEtcdFaults(t *testing.T) {
+	tc := startCluster(t, 3)
+	n1, n2, n3 := tc.nodes[0], tc.nodes[1], tc.nodes[2]
+
+	t.Run("one member down", func(t *testing.T) {
+		tc.etcd.Kill(0)
+		defer tc.etcd.Restart(0)
+		for i, nd := range tc.nodes {
+			rcpt := fmt.Sprintf("one-down-%d@dest.test", i)
+			nd.submit(rcpt)
+			tc.sinkMessage(rcpt, nil, 10*time.Second)
+		}
+		n2.mustCall(200, "PUT", "/v1/accounts/during-one-down", map[string]any{"owner": "o@x.test"}, nil)
+		eventually(t, 10*time.Second, "the account made on node 2 seen by node 3", func() (bool, string) {
+			code, raw := n3.call("GET", "/v1/accounts/during-one-down", nil, nil)
+			return code == 200, raw
+		})
+		st, raw := n1.clusterStatus()
+		down := 0
+		for _, m := range st.Members {
+			if !m.Healthy {
+				down++
+			}
+		}
+		if len(st.Members) != 3 || down != 1 || len(st.Nodes) != 3 {
+			t.Fatalf("cluster status with one member killed: %d members, %d down, %d nodes; want 3, 1, 3:\n%s", len(st.Members), down, len(st.Nodes), raw)
+		}
+	})
+
+	t.Run("two of three down", func(t *testing.T) {
+		tc.etcd.Kill(0)
+		tc.etcd.Kill(1)
+		restarted := false
+		defer func() {
+			if !restarted {
+				tc.etcd.RestartNoWait(0)
+				tc.etcd.RestartNoWait(1)
+			}
+		}()
+		// Mail still goes: each node serves from its copy.
+		for i, nd := range tc.nodes {
+			rcpt := fmt.Sprintf("no-quorum-%d@dest.test", i)
+			nd.submit(rcpt)
+			tc.sinkMessage(rcpt, nil, 15*time.Second)
+		}
+		// Control writes are refused with a clear 503.
+		start := time.Now()
+		code, raw := n1.call("PUT", "/v1/accounts/during-outage", map[string]any{"owner": "o@x.test"}, nil)
+		if code != 503 || errorCode(raw) != "cluster_unavailable" {
+			t.Fatalf("account change without etcd quorum = %d %s; want 503 cluster_unavailable", code, raw)
+		}
+		t.Logf("account change refused after %s", time.Since(start).Round(time.Millisecond))
+		if code, raw := n2.call("PUT", "/v1/suppressions/manual@dest.test", map[string]any{"reason": "manual"}, nil); code != 503 {
+			t.Fatalf("suppress add without etcd quorum = %d %s; want 503", code, raw)
+		}
+		// A hard bounce during the outage.
+		id := n1.submit("outage@dest.test")
+		m := tc.sinkMessage("outage@dest.test", nil, 15*time.Second)
+		sendDSN(t, n1.bounce, m.From, "outage@dest.test")
+		n1.waitStatus(id, "bounced", 15*time.Second)
+
+		tc.etcd.RestartNoWait(0)
+		tc.etcd.RestartNoWait(1)
+		restarted = true
+		tc.etcd.WaitReady(0)
+		tc.etcd.WaitReady(1)
+		eventually(t, 30*time.Second, "the bounce's suppression in etcd, seen through node 3", func() (bool, string) {
+			code, raw := n3.call("GET", "/v1/suppressions/outage@dest.test", nil, nil)
+			return code == 200, raw
+		})
+		id3 := n3.submit("outage@dest.test")
+		n3.waitStatus(id3, "suppressed", 10*time.Second)
+		n1.mustCall(200, "PUT", "/v1/accounts/after-outage", map[string]any{"owner": "o@x.test"}, nil)
+	})
+
+	t.Run("status after recovery", func(t *testing.T) {
+		eventually(t, 20*time.Second, "every node up and current in cluster status", func() (bool, string) {
+			st, raw := n1.clusterStatus()
+			ok := len(st.Members) == 3 && len(st.Nodes) == 3 && st.Background != ""
+			for _, m := range st.Members {
+				ok = ok && m.Healthy
+			}
+			for _, n := range st.Nodes {
+				ok = ok && n.Alive && len(n.Stale) == 0
+			}
+			return ok, raw
+		})
+	})
+}
+
+// TestClusterNodeKill: a node killed with mail queued delivers it when it
+// returns, a bounce for its mail that reached another node meanwhile is
+// forwarded then, and its messages answer 503 naming it while it is down.
+func TestClusterNodeKill(t *testing.T) {
+	tc := startCluster(t, 3)
+	n1, n2, n3 := tc.nodes[0], tc.nodes[1], tc.nodes[2]
+
+	tc.sink.Refuse("held@dest.test", &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "try later"})
+	held := n2.submit("held@dest.test")
+	n2.waitStatus(held, "deferred", 10*time.Second)
+	bounced := n2.submit("gone2@dest.test")
+	m := tc.sinkMessage("gone2@dest.test", nil, 10*time.Second)
+
+	n2.kill()
+	code, raw := n1.call("GET", "/v1/messages/"+held, nil, nil)
+	if code != 503 || errorCode(raw) != "node_unavailable" || !strings.Contains(raw, "n2") {
+		t.Fatalf("GET of node 2's message through node 1 while node 2 is down = %d %s; want 503 naming n2", code, raw)
+	}
+	var page struct {
+		Unanswered []string `json:"unanswered"`
+	}
+	n1.mustCall(200, "GET", "/v1/queue", nil, &page)
+	if !slices.Contains(page.Unanswered, "n2") {
+		t.Fatalf("queue list through node 1 with node 2 down: unanswered %v; want n2", page.Unanswered)
+	}
+	// The DSN reaches node 3 while node 2 is down: kept, answered 250.
+	sendDSN(t, n3.bounce, m.From, "gone2@dest.test")
+
+	tc.sink.Refuse("held@dest.test", nil)
+	n2.start()
+	tc.sinkMessage("held@dest.test", nil, 20*time.Second)
+	n2.waitStatus(held, "sent", 10*time.Second)
+	n1.waitStatus(bounced, "bounced", 30*time.Second)
+	eventually(t, 10*time.Second, "gone2@dest.test suppressed", func() (bool, string) {
+		code, raw := n1.call("GET", "/v1/suppressions/gone2@dest.test", nil, nil)
+		return code == 200, raw
+	})
+	if n := tc.sink.Count("held@dest.test"); n != 1 {
+		t.Fatalf("held@dest.test delivered %d times; want once", n)
 	}
 }
