@@ -20,6 +20,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
@@ -43,6 +44,7 @@ type options struct {
 	keep                       bool
 	peerOnly                   bool
 	rate                       float64
+	etcd                       []string
 }
 
 func parseFlags(args []string, stderr io.Writer) (*options, error) {
@@ -70,6 +72,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	fs.DurationVar(&o.timeout, "timeout", 120*time.Second, "hard limit on the whole run")
 	fs.BoolVar(&o.keep, "keep", false, "keep the temporary directory (configs, logs, data)")
 	fs.BoolVar(&o.peerOnly, "peer-only", false, "with -peer: run only the peer, not hermod")
+	etcd := fs.String("etcd", "", "comma-separated etcd client URLs (loopback only): run hermod a second time as a node of a cluster on this etcd and compare, counting etcd's requests")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -99,6 +102,18 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 		return nil, fmt.Errorf("bench: -sink-listen %s: loopback addresses only", o.sinkListen)
 	case o.target != "" && o.sink != "go" && o.sinkListen != "127.0.0.1:0":
 		return nil, errors.New("bench: -sink-listen needs -sink go")
+	}
+	if *etcd != "" {
+		for ep := range strings.SplitSeq(*etcd, ",") {
+			host := strings.TrimPrefix(strings.TrimPrefix(ep, "http://"), "https://")
+			if !loopback(strings.TrimSuffix(host, "/")) {
+				return nil, fmt.Errorf("bench: -etcd %s: loopback addresses only", ep)
+			}
+			o.etcd = append(o.etcd, ep)
+		}
+		if o.target != "" || o.peerOnly {
+			return nil, errors.New("bench: -etcd starts hermod itself: not with -target or -peer-only")
+		}
 	}
 	o.c = min(o.c, o.n)
 	return o, nil
@@ -166,7 +181,7 @@ func Main(args []string, stdout, stderr io.Writer) error {
 		}
 		fmt.Fprintf(stdout, "# hermod: running instance at %s (its routes must point to the sink)\n", o.target)
 	} else {
-		h, err = startHermod(ctx, dir, sk.Addr(), o.dkim, o.c, stderr)
+		h, err = startHermod(ctx, dir, sk.Addr(), o.dkim, o.c, nil, stderr)
 		if err != nil {
 			return fmt.Errorf("bench: %w", err)
 		}
@@ -185,6 +200,14 @@ func Main(args []string, stdout, stderr io.Writer) error {
 			fmt.Fprintf(stderr, "bench: hermod log:\n%s\n", h.logTail())
 		}
 		h.stop() // leave the CPUs to the peer
+	}
+	if len(o.etcd) > 0 {
+		cr, err := runClustered(ctx, o, sk, dir, stdout, stderr)
+		if err != nil {
+			printResults(stdout, o, results)
+			return err
+		}
+		results = append([]*result{cr}, results...) // printed as cluster / single
 	}
 
 	if o.peer == "postfix" {
@@ -216,6 +239,42 @@ func Main(args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// runClustered runs the workload again on a hermod that is a node of a
+// cluster on o.etcd, and counts the requests etcd received meanwhile.
+func runClustered(ctx context.Context, o *options, sk sink, dir string, stdout, stderr io.Writer) (*result, error) {
+	sk.Reset()
+	cdir := filepath.Join(dir, "cluster")
+	if err := os.MkdirAll(cdir, 0o700); err != nil {
+		return nil, err
+	}
+	h, err := startHermod(ctx, cdir, sk.Addr(), o.dkim, o.c, o.etcd, stderr)
+	if err != nil {
+		return nil, fmt.Errorf("bench: clustered hermod: %w", err)
+	}
+	defer h.stop()
+	fmt.Fprintf(stdout, "# hermod+cluster: the same hermod as node b1 of a cluster on etcd %s (heartbeat 5s)\n", strings.Join(o.etcd, ","))
+	before, err := etcdRequests(ctx, o.etcd)
+	if err != nil {
+		return nil, fmt.Errorf("bench: %w", err)
+	}
+	start := time.Now()
+	r := runOne(ctx, o, sk, &subject{name: "hermod+cluster", addr: h.subAddr, user: h.user, password: h.password,
+		keyByQueueID: true, metrics: h.metrics, pids: func() []int { return nonzero(h.pid) }})
+	after, err := etcdRequests(ctx, o.etcd)
+	if err != nil {
+		return nil, fmt.Errorf("bench: %w", err)
+	}
+	total, byMethod := etcdDelta(before, after)
+	if acc, ok := r.figures["messages_accepted"]; ok && acc.ok && acc.v > 0 {
+		r.figures["etcd_requests_per_1000_msgs"] = figure{total * 1000 / acc.v, true}
+	}
+	r.notes = append(r.notes, fmt.Sprintf("etcd received %.0f requests in %s of the run (%s)", total, time.Since(start).Round(time.Millisecond), byMethod))
+	if r.err != nil {
+		fmt.Fprintf(stderr, "bench: hermod+cluster log:\n%s\n", h.logTail())
+	}
+	return r, nil
 }
 
 func nonzero(pid int) []int {
@@ -451,6 +510,7 @@ var figureOrder = []string{
 	"delivery_latency_p50_ms", "delivery_latency_p99_ms",
 	"peak_rss_mb", "cpu_s_per_1000_msgs", "loadgen_cpu_s_per_1000_msgs", "fsyncs_per_1000_msgs",
 	"dkim_signatures_per_s", "signed_at_sink_pct", "connections_per_1000_msgs",
+	"etcd_requests_per_1000_msgs",
 }
 
 func printResults(w io.Writer, o *options, rs []*result) {

@@ -82,7 +82,9 @@ level = "warn"
 }
 
 // startHermod runs `<this binary> serve` on a throw-away configuration in dir.
-func startHermod(ctx context.Context, dir, sinkAddr, dkimAlg string, sessions int, stderr io.Writer) (*hermodInstance, error) {
+// With a cluster (etcd endpoints), the configuration has a [cluster]
+// section making it the one node of a cluster under a fresh etcd prefix.
+func startHermod(ctx context.Context, dir, sinkAddr, dkimAlg string, sessions int, etcd []string, stderr io.Writer) (*hermodInstance, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, fmt.Errorf("hermod: find own binary: %w", err)
@@ -102,7 +104,15 @@ func startHermod(ctx context.Context, dir, sinkAddr, dkimAlg string, sessions in
 	}
 	dataDir := filepath.Join(dir, "data")
 	conf := filepath.Join(dir, "hermod.toml")
-	if err := os.WriteFile(conf, []byte(hermodConfig(dataDir, addrs[0], addrs[1], addrs[2], string(hash), sinkAddr, dkimAlg, sessions)), 0o600); err != nil {
+	text := hermodConfig(dataDir, addrs[0], addrs[1], addrs[2], string(hash), sinkAddr, dkimAlg, sessions)
+	if len(etcd) > 0 {
+		section, err := clusterSection(dir, addrs[2], etcd)
+		if err != nil {
+			return nil, err
+		}
+		text += section
+	}
+	if err := os.WriteFile(conf, []byte(text), 0o600); err != nil {
 		return nil, err
 	}
 	logf, err := os.Create(filepath.Join(dir, "hermod.log"))

@@ -41,7 +41,7 @@ type loadResult struct {
 	Acks map[string]time.Time
 }
 
-var reQueuedAs = regexp.MustCompile(`(?i)queued as ([0-9a-z]+)`)
+var reQueuedAs = regexp.MustCompile(`(?i)queued as ([0-9a-z]+(?:-[0-9a-z]+)?)`)
 
 // runLoad drives opts.Sessions SMTP sessions that together submit
 // opts.Messages messages, each session reusing its connection. It stops when
