@@ -270,6 +270,9 @@ func New(cfg *config.Config, log *slog.Logger, o Options) (_ *Daemon, err error)
 	})
 	d.Store.ObserveBatches(func(n int) { m.CommitBatch.Observe(float64(n)) })
 	d.registerGauges()
+	if d.cluster != nil {
+		d.registerClusterGauges()
+	}
 	return d, nil
 }
 

@@ -48,6 +48,29 @@ func dnsObserver(m *metrics.Metrics) func(string, time.Duration, error) {
 	}
 }
 
+// registerClusterGauges adds the metrics of a cluster node.
+func (d *Daemon) registerClusterGauges() {
+	c := d.cluster
+	single := func(v float64) map[string]float64 { return map[string]float64{"": v} }
+	d.Metrics.RegisterFuncs(
+		metrics.Func{Desc: metrics.NewDesc("hermod_cluster_control_revision", "The etcd revision of the control data this node has applied."),
+			Type: prometheus.GaugeValue, Collect: func() map[string]float64 { return single(float64(c.kv.Revision())) }},
+		metrics.Func{Desc: metrics.NewDesc("hermod_cluster_control_reloads_total", "Full loads of the control data from an etcd snapshot (start, compaction)."),
+			Type: prometheus.CounterValue, Collect: func() map[string]float64 { return single(float64(c.kv.Reloads())) }},
+		metrics.Func{Desc: metrics.NewDesc("hermod_cluster_control_stale", "1 while this node's copy of the control data is not followed from etcd."),
+			Type: prometheus.GaugeValue, Collect: func() map[string]float64 {
+				if _, stale := c.kv.Stale(); stale {
+					return single(1)
+				}
+				return single(0)
+			}},
+		metrics.Func{Desc: metrics.NewDesc("hermod_cluster_bounce_forwards_pending", "Bounces for other nodes' messages kept until their owner applies them."),
+			Type: prometheus.GaugeValue, Collect: func() map[string]float64 { return single(float64(c.forwards.Pending())) }},
+		metrics.Func{Desc: metrics.NewDesc("hermod_cluster_bounce_forwards_total", "Bounces forwarded to, and applied by, their owner node."),
+			Type: prometheus.CounterValue, Collect: func() map[string]float64 { return single(float64(c.forwards.Forwarded())) }},
+	)
+}
+
 // registerGauges adds the metrics read from the current state at scrape time.
 func (d *Daemon) registerGauges() {
 	single := func(v float64) map[string]float64 { return map[string]float64{"": v} }

@@ -3,7 +3,9 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -726,4 +728,98 @@ func TestClusterNodeKill(t *testing.T) {
 	if n := tc.sink.Count("held@dest.test"); n != 1 {
 		t.Fatalf("held@dest.test delivered %d times; want once", n)
 	}
+}
+
+// metric returns the value of an unlabelled metric of nd's /metrics.
+func (nd *hermodNode) metric(name string) float64 {
+	nd.t.Helper()
+	_, raw := nd.call("GET", "/metrics", nil, nil)
+	for line := range strings.SplitSeq(raw, "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			var f float64
+			fmt.Sscan(v, &f)
+			return f
+		}
+	}
+	return -1
+}
+
+// pause stops (SIGSTOP) or continues (SIGCONT) the node's process.
+func (nd *hermodNode) pause(stop bool) {
+	nd.mu.Lock()
+	defer nd.mu.Unlock()
+	sig := syscall.SIGCONT
+	if stop {
+		sig = syscall.SIGSTOP
+	}
+	if err := nd.cmd.Process.Signal(sig); err != nil {
+		nd.t.Fatal(err)
+	}
+}
+
+// TestClusterCompactionReload: a node whose watch falls behind a
+// compaction (it was stopped while 2000 suppressions were written and etcd
+// compacted) reloads the whole snapshot, and has the changes made meanwhile.
+func TestClusterCompactionReload(t *testing.T) {
+	tc := startCluster(t, 3)
+	n1, n3 := tc.nodes[0], tc.nodes[2]
+	reloads := n3.metric("hermod_cluster_control_reloads_total")
+	if reloads < 1 {
+		t.Fatalf("node 3 reports %v reloads; want its start-up load counted", reloads)
+	}
+	cli := tc.etcd.Client(t)
+	n3.pause(true)
+	continued := false
+	defer func() {
+		if !continued {
+			n3.pause(false)
+		}
+	}()
+	const flood = 2000
+	var wg sync.WaitGroup
+	errs := make(chan error, flood)
+	for w := 0; w < 20; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < flood; i += 20 {
+				addr := fmt.Sprintf("flood-%d@dest.test", i)
+				v, _ := json.Marshal(map[string]any{"address": addr, "reason": "user-unknown", "source": "dsn",
+					"created": time.Now().UTC()})
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				_, err := cli.Put(ctx, "/hermod/c/suppress/"+hex.EncodeToString([]byte("\x00"+addr)), string(v))
+				cancel()
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatalf("write a suppression into etcd: %v", err)
+	}
+	n1.mustCall(200, "PUT", "/v1/accounts/during-stop", map[string]any{"owner": "o@x.test"}, nil)
+	rev := tc.etcd.CompactNow(t, cli)
+	n3.pause(false)
+	continued = true
+	eventually(t, 30*time.Second, "node 3 reloads after the compaction at "+fmt.Sprint(rev), func() (bool, string) {
+		r := n3.metric("hermod_cluster_control_reloads_total")
+		return r > reloads, fmt.Sprintf("reloads %v (before %v)", r, reloads)
+	})
+	log, _ := os.ReadFile(n3.logPath)
+	if !bytes.Contains(log, []byte("compacted past the replica's revision")) {
+		t.Fatalf("node 3 reloaded, but not for the compaction:\n%s", tail(string(log), 3000))
+	}
+	for line := range strings.SplitSeq(string(log), "\n") {
+		if strings.Contains(line, "compacted") || strings.Contains(line, "snapshot") {
+			t.Log(line)
+		}
+	}
+	n3.mustCall(200, "GET", "/v1/accounts/during-stop", nil, nil)
+	n3.mustCall(200, "GET", fmt.Sprintf("/v1/suppressions/flood-%d@dest.test", flood-1), nil, nil)
+	id := n3.submit("flood-7@dest.test")
+	n3.waitStatus(id, "suppressed", 10*time.Second)
 }
