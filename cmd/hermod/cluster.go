@@ -13,8 +13,8 @@ import (
 	"text/tabwriter"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/bbolt"
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/hermod-mta/hermod/cluster"
 	"github.com/hermod-mta/hermod/config"

@@ -9,8 +9,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"mime"
+	"net"
 	"net/http"
 	"net/mail"
 	"os"
@@ -554,8 +554,8 @@ func TestClusterEndToEnd(t *testing.T) {
 
 	// Lists and searches answer for every node.
 	var found struct {
-		Messages []messageView `json:"messages"`
-		Unanswered []string    `json:"unanswered"`
+		Messages   []messageView `json:"messages"`
+		Unanswered []string      `json:"unanswered"`
 	}
 	n3.mustCall(200, "GET", "/v1/messages?recipient=gone@dest.test", nil, &found)
 	if len(found.Messages) != 2 || len(found.Unanswered) != 0 {
