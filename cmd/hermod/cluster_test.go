@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/hermod-mta/hermod/internal/etcdtest"
@@ -38,24 +39,25 @@ import (
 
 // hermodNode is one hermod process of a test cluster.
 type hermodNode struct {
-	t                       *testing.T
-	id                      string
-	dir, conf, bin          string
-	sub, bounce, api        string
-	token                   string
-	mu                      sync.Mutex
-	cmd                     *exec.Cmd
-	exited                  chan struct{}
-	logPath                 string
-	secretFile, verpSecretF string
+	t                *testing.T
+	id               string
+	dir, conf, bin   string
+	sub, bounce, api string
+	token            string
+	mu               sync.Mutex
+	cmd              *exec.Cmd
+	exited           chan struct{}
+	logPath          string
 }
 
 type testCluster struct {
-	t     *testing.T
-	etcd  *etcdtest.Cluster
-	dns   *testnet.DNS
-	sink  *testnet.Sink
-	nodes []*hermodNode
+	t            *testing.T
+	etcd         *etcdtest.Cluster
+	dns          *testnet.DNS
+	sink         *testnet.Sink
+	nodes        []*hermodNode
+	bin, hash    string
+	secret, verp string // the shared secret files
 }
 
 // buildHermod builds the binary once per test.
@@ -72,28 +74,66 @@ func buildHermod(t *testing.T) string {
 // sharing one cluster secret and one VERP secret.
 func startCluster(t *testing.T, n int) *testCluster {
 	t.Helper()
+	tc := newTestCluster(t)
+	for i := 1; i <= n; i++ {
+		tc.addNode(fmt.Sprintf("n%d", i), true)
+	}
+	for _, nd := range tc.nodes {
+		nd.start()
+	}
+	return tc
+}
+
+// newTestCluster starts etcd, the DNS server and the sink; no node yet.
+func newTestCluster(t *testing.T) *testCluster {
+	t.Helper()
 	if testing.Short() {
 		t.Skip("runs etcd and hermod processes")
 	}
-	tc := &testCluster{t: t, etcd: etcdtest.Start(t, 3), dns: testnet.NewDNS(t), sink: testnet.NewSink(t)}
-	bin := buildHermod(t)
+	tc := &testCluster{t: t, etcd: etcdtest.Start(t, 3), dns: testnet.NewDNS(t), sink: testnet.NewSink(t), bin: buildHermod(t)}
 	shared := t.TempDir()
-	secret, verp := filepath.Join(shared, "cluster.secret"), filepath.Join(shared, "verp.secret")
-	writeSecret(t, secret, "cluster-secret-for-tests-0123456789abcdef")
-	writeSecret(t, verp, "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n")
+	tc.secret, tc.verp = filepath.Join(shared, "cluster.secret"), filepath.Join(shared, "verp.secret")
+	writeSecret(t, tc.secret, "cluster-secret-for-tests-0123456789abcdef")
+	writeSecret(t, tc.verp, "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n")
 	hash, _ := bcrypt.GenerateFromPassword([]byte("pw"), bcrypt.MinCost)
-	endpoints, _ := json.Marshal(tc.etcd.Endpoints())
-	for i := 1; i <= n; i++ {
-		nd := &hermodNode{t: t, id: fmt.Sprintf("n%d", i), dir: t.TempDir(), bin: bin,
-			sub: testnet.FreeAddr(t), bounce: testnet.FreeAddr(t), api: testnet.FreeAddr(t), secretFile: secret, verpSecretF: verp}
-		nd.conf = filepath.Join(nd.dir, "hermod.toml")
-		nd.logPath = filepath.Join(nd.dir, "hermod.log")
-		data := filepath.Join(nd.dir, "data")
-		if err := os.MkdirAll(data, 0o700); err != nil {
-			t.Fatal(err)
+	tc.hash = string(hash)
+	t.Cleanup(func() {
+		for _, nd := range tc.nodes {
+			nd.stop()
 		}
-		copyFile(t, verp, filepath.Join(data, "verp.secret"))
-		conf := fmt.Sprintf(`hostname = "%s.hermod.test"
+		if t.Failed() {
+			for _, nd := range tc.nodes {
+				log, _ := os.ReadFile(nd.logPath)
+				t.Logf("--- %s log (tail) ---\n%s", nd.id, tail(string(log), 6000))
+			}
+		}
+	})
+	return tc
+}
+
+// addNode makes a node's directory and configuration (with a [cluster]
+// section when clustered); it does not start it.
+func (tc *testCluster) addNode(id string, clustered bool) *hermodNode {
+	t := tc.t
+	t.Helper()
+	nd := &hermodNode{t: t, id: id, dir: t.TempDir(), bin: tc.bin,
+		sub: testnet.FreeAddr(t), bounce: testnet.FreeAddr(t), api: testnet.FreeAddr(t)}
+	nd.conf = filepath.Join(nd.dir, "hermod.toml")
+	nd.logPath = filepath.Join(nd.dir, "hermod.log")
+	if err := os.MkdirAll(filepath.Join(nd.dir, "data"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	copyFile(t, tc.verp, filepath.Join(nd.dir, "data", "verp.secret"))
+	tc.writeConf(nd, clustered)
+	tc.nodes = append(tc.nodes, nd)
+	return nd
+}
+
+// writeConf writes nd's configuration.
+func (tc *testCluster) writeConf(nd *hermodNode, clustered bool) {
+	t := tc.t
+	t.Helper()
+	conf := fmt.Sprintf(`hostname = "%s.hermod.test"
 data_dir = %q
 shutdown_timeout = "5s"
 [submission]
@@ -120,7 +160,10 @@ host = %q
 listen = %q
 [log]
 level = "info"
-[cluster]
+`, nd.id, filepath.Join(nd.dir, "data"), nd.sub, tc.hash, nd.bounce, tc.dns.Addr(), tc.sink.Addr(), nd.api)
+	if clustered {
+		endpoints, _ := json.Marshal(tc.etcd.Endpoints())
+		conf += fmt.Sprintf(`[cluster]
 node_id = %q
 etcd_endpoints = %s
 advertise = "http://%s"
@@ -128,27 +171,11 @@ secret_file = %q
 heartbeat = "1s"
 etcd_request_timeout = "2s"
 etcd_dial_timeout = "2s"
-`, nd.id, data, nd.sub, hash, nd.bounce, tc.dns.Addr(), tc.sink.Addr(), nd.api, nd.id, endpoints, nd.api, secret)
-		if err := os.WriteFile(nd.conf, []byte(conf), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		tc.nodes = append(tc.nodes, nd)
+`, nd.id, endpoints, nd.api, tc.secret)
 	}
-	for _, nd := range tc.nodes {
-		nd.start()
+	if err := os.WriteFile(nd.conf, []byte(conf), 0o600); err != nil {
+		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		for _, nd := range tc.nodes {
-			nd.stop()
-		}
-		if t.Failed() {
-			for _, nd := range tc.nodes {
-				log, _ := os.ReadFile(nd.logPath)
-				t.Logf("--- %s log (tail) ---\n%s", nd.id, tail(string(log), 6000))
-			}
-		}
-	})
-	return tc
 }
 
 func tail(s string, n int) string {
@@ -822,4 +849,100 @@ func TestClusterCompactionReload(t *testing.T) {
 	n3.mustCall(200, "GET", fmt.Sprintf("/v1/suppressions/flood-%d@dest.test", flood-1), nil, nil)
 	id := n3.submit("flood-7@dest.test")
 	n3.waitStatus(id, "suppressed", 10*time.Second)
+}
+
+// makeVerifiedDomain creates account acct with its domain through nd,
+// publishes the records and checks the domain through nd until verified.
+func (tc *testCluster) makeVerifiedDomain(nd *hermodNode, acct, name string) (selector string) {
+	t := tc.t
+	t.Helper()
+	nd.mustCall(200, "PUT", "/v1/accounts/"+acct, map[string]any{"owner": "owner@" + name, "custom_domain": true}, nil)
+	var dv struct {
+		Selector string `json:"selector"`
+		Records  []struct {
+			Zone string `json:"zone"`
+		} `json:"records"`
+	}
+	nd.mustCall(201, "POST", "/v1/accounts/"+acct+"/domains", map[string]any{"domain": name}, &dv)
+	if dv.Selector == "" || len(dv.Records) != 2 {
+		t.Fatalf("domain %s: %+v", name, dv)
+	}
+	for _, r := range dv.Records {
+		tc.dns.Add(r.Zone)
+	}
+	eventually(t, 10*time.Second, name+" verified", func() (bool, string) {
+		var d struct {
+			Status string `json:"status"`
+		}
+		_, raw := nd.call("POST", "/v1/accounts/"+acct+"/domains/"+name+"/check", nil, &d)
+		return d.Status == "verified", raw
+	})
+	return dv.Selector
+}
+
+// hermodCLI runs a hermod subcommand and returns its output and error.
+func (nd *hermodNode) hermodCLI(args ...string) (string, error) {
+	out, err := exec.Command(nd.bin, append(args, "-config", nd.conf)...).CombinedOutput()
+	return string(out), err
+}
+
+// TestClusterImport moves a single node's accounts, domains, keys and
+// suppressions into an empty cluster: a second run changes nothing, a
+// conflicting single node is refused with a list and writes nothing, and
+// the imported node signs with its own key as a cluster node.
+func TestClusterImport(t *testing.T) {
+	tc := newTestCluster(t)
+	single := tc.addNode("n1", false)
+	single.start()
+	selector := tc.makeVerifiedDomain(single, "acme", "acme.test")
+	single.mustCall(200, "PUT", "/v1/suppressions/gone@dest.test", map[string]any{"reason": "user-unknown"}, nil)
+	single.stop()
+
+	tc.writeConf(single, true)
+	data := filepath.Join(single.dir, "data")
+	out, err := single.hermodCLI("cluster", "import", "-from", data)
+	if err != nil || !strings.Contains(out, "1 accounts, 1 domains, 1 keys, 1 suppressions") {
+		t.Fatalf("cluster import: %v\n%s", err, out)
+	}
+	written := regexp.MustCompile(`(\d+) entries written, (\d+) already there`)
+	first := written.FindStringSubmatch(out)
+	out, err = single.hermodCLI("cluster", "import", "-from", data)
+	again := written.FindStringSubmatch(out)
+	if err != nil || first == nil || again == nil || again[1] != "0" || again[2] != first[1] {
+		t.Fatalf("second import = %v\n%s\nwant 0 written, %v already there", err, out, first)
+	}
+
+	// Another single node with a different owner for acme: refused, listed.
+	other := tc.addNode("n2", false)
+	other.start()
+	other.mustCall(200, "PUT", "/v1/accounts/acme", map[string]any{"owner": "someone-else@acme.test", "custom_domain": true}, nil)
+	other.mustCall(200, "PUT", "/v1/accounts/beta", map[string]any{"owner": "owner@beta.test"}, nil)
+	other.stop()
+	tc.writeConf(other, true)
+	out, err = other.hermodCLI("cluster", "import", "-from", filepath.Join(other.dir, "data"))
+	if err == nil || !strings.Contains(out, "conflict: account acme") {
+		t.Fatalf("conflicting import = %v\n%s\nwant a refusal listing account acme", err, out)
+	}
+	cli := tc.etcd.Client(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if resp, err := cli.Get(ctx, "/hermod/c/account/"+hex.EncodeToString([]byte("beta"))); err != nil || len(resp.Kvs) != 0 {
+		t.Fatalf("the refused import wrote account beta (%v, %v)", resp, err)
+	}
+	// The DKIM key is sealed in etcd: its PEM is not there in clear.
+	keys, err := cli.Get(ctx, "/hermod/c/domainkeys/", clientv3.WithPrefix())
+	if err != nil || len(keys.Kvs) != 1 || bytes.Contains(keys.Kvs[0].Value, []byte("PRIVATE KEY")) {
+		t.Fatalf("domain keys in etcd: %v, %d keys, clear PEM %v", err, len(keys.Kvs), len(keys.Kvs) == 1 && bytes.Contains(keys.Kvs[0].Value, []byte("PRIVATE KEY")))
+	}
+
+	// The imported node, now a cluster node, signs with the imported key
+	// and keeps the suppression.
+	single.start()
+	single.submit("reader@dest.test", "From: Taro <taro@acme.test>", "X-Hermod-Account: acme")
+	m := tc.sinkMessage("reader@dest.test", nil, 10*time.Second)
+	if !bytes.Contains(m.Data, []byte("d=acme.test")) || !bytes.Contains(m.Data, []byte("s="+selector+";")) {
+		t.Fatalf("the imported node did not sign as acme.test with selector %s:\n%s", selector, m.Data[:min(len(m.Data), 1500)])
+	}
+	id := single.submit("gone@dest.test")
+	single.waitStatus(id, "suppressed", 10*time.Second)
 }
