@@ -642,6 +642,7 @@ func TestClusterEtcdFaults(t *testing.T) {
 			code, raw := n3.call("GET", "/v1/accounts/during-one-down", nil, nil)
 			return code == 200, raw
 		})
+		fmt.Println("cluster etcd: 1 of 3 members killed: 3 of 3 nodes accepted and delivered, control write and its watch went on")
 		st, raw := n1.clusterStatus()
 		down := 0
 		for _, m := range st.Members {
@@ -686,15 +687,19 @@ func TestClusterEtcdFaults(t *testing.T) {
 		sendDSN(t, n1.bounce, m.From, "outage@dest.test")
 		n1.waitStatus(id, "bounced", 15*time.Second)
 
+		refused := time.Since(start)
 		tc.etcd.RestartNoWait(0)
 		tc.etcd.RestartNoWait(1)
 		restarted = true
 		tc.etcd.WaitReady(0)
 		tc.etcd.WaitReady(1)
+		back := time.Now()
 		eventually(t, 30*time.Second, "the bounce's suppression in etcd, seen through node 3", func() (bool, string) {
 			code, raw := n3.call("GET", "/v1/suppressions/outage@dest.test", nil, nil)
 			return code == 200, raw
 		})
+		fmt.Printf("cluster etcd: 2 of 3 members killed: 3 of 3 nodes accepted and delivered, control writes 503, a hard bounce meanwhile suppressed on every node %s after quorum returned (outage %s)\n",
+			time.Since(back).Round(100*time.Millisecond), refused.Round(100*time.Millisecond))
 		id3 := n3.submit("outage@dest.test")
 		n3.waitStatus(id3, "suppressed", 10*time.Second)
 		n1.mustCall(200, "PUT", "/v1/accounts/after-outage", map[string]any{"owner": "o@x.test"}, nil)
@@ -755,6 +760,7 @@ func TestClusterNodeKill(t *testing.T) {
 	if n := tc.sink.Count("held@dest.test"); n != 1 {
 		t.Fatalf("held@dest.test delivered %d times; want once", n)
 	}
+	fmt.Println("cluster node: kill -9 with mail queued: its mail delivered once when it returned, a bounce kept by another node forwarded then, its messages 503 naming it meanwhile")
 }
 
 // metric returns the value of an unlabelled metric of nd's /metrics.
@@ -945,4 +951,76 @@ func TestClusterImport(t *testing.T) {
 	}
 	id := single.submit("gone@dest.test")
 	single.waitStatus(id, "suppressed", 10*time.Second)
+}
+
+// startFails runs nd and returns its output once it exits; it fails the
+// test if nd is still running after 30 s.
+func (nd *hermodNode) startFails() string {
+	nd.t.Helper()
+	cmd := exec.Command(nd.bin, "serve", "-config", nd.conf)
+	done := make(chan []byte, 1)
+	go func() {
+		out, _ := cmd.CombinedOutput()
+		done <- out
+	}()
+	select {
+	case out := <-done:
+		return string(out)
+	case <-time.After(30 * time.Second):
+		_ = cmd.Process.Kill()
+		nd.t.Fatalf("%s started; want a refusal", nd.id)
+		return ""
+	}
+}
+
+// TestClusterMembership: a node whose VERP secret or cluster secret differs
+// from the cluster's, or whose node id a running node holds, refuses to
+// start and says why; the background lease moves when its node dies.
+func TestClusterMembership(t *testing.T) {
+	tc := startCluster(t, 3)
+
+	other := tc.addNode("n4", true)
+	tc.nodes = tc.nodes[:3] // not stopped by the cleanup: it never runs
+	writeSecret(t, filepath.Join(other.dir, "data", "verp.secret"), "ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100\n")
+	if out := other.startFails(); !strings.Contains(out, "bounce.verp_secret_file differs from the cluster's") {
+		t.Fatalf("a node with another VERP secret: %s", out)
+	}
+	copyFile(t, tc.verp, filepath.Join(other.dir, "data", "verp.secret"))
+	otherSecret := filepath.Join(other.dir, "other.secret")
+	writeSecret(t, otherSecret, "another-cluster-secret-0123456789abcdef")
+	conf, _ := os.ReadFile(other.conf)
+	os.WriteFile(other.conf, bytes.Replace(conf, []byte(tc.secret), []byte(otherSecret), 1), 0o600)
+	if out := other.startFails(); !strings.Contains(out, "cluster.secret_file differs from the cluster's") {
+		t.Fatalf("a node with another cluster secret: %s", out)
+	}
+	// The same node id as a running node.
+	os.WriteFile(other.conf, bytes.Replace(conf, []byte(`node_id = "n4"`), []byte(`node_id = "n2"`), 1), 0o600)
+	if out := other.startFails(); !strings.Contains(out, `cluster.node_id "n2" is held by a running node`) {
+		t.Fatalf("a second node n2: %s", out)
+	}
+
+	// The background lease: held by one node; when it dies, another.
+	var holder string
+	eventually(t, 10*time.Second, "a node holds the background lease", func() (bool, string) {
+		st, raw := tc.nodes[0].clusterStatus()
+		holder = st.Background
+		return holder != "", raw
+	})
+	var victim, witness *hermodNode
+	for _, nd := range tc.nodes {
+		if nd.id == holder {
+			victim = nd
+		} else {
+			witness = nd
+		}
+	}
+	victim.kill()
+	start := time.Now()
+	eventually(t, 20*time.Second, "another node takes the background lease from "+holder, func() (bool, string) {
+		st, raw := witness.clusterStatus()
+		return st.Background != "" && st.Background != holder, raw
+	})
+	took := time.Since(start)
+	t.Logf("background lease moved from %s %s after its kill -9", holder, took.Round(time.Millisecond))
+	fmt.Printf("cluster membership: other VERP secret, other cluster secret and a taken node id refused at start; background lease moved %s after kill -9 of its holder (lease 3s)\n", took.Round(100*time.Millisecond))
 }
