@@ -17,7 +17,7 @@ status=${PIPESTATUS[0]}
 
 echo
 echo "== reliability summary"
-grep -E '^(smuggling|open relay|forged bounces|remote faults|outbound|api|auth|auth flood|limits|crash|load|signals|identity|spool|submission|submission data|smtputf8|bounce listener|verp guessing):' "$out"
+grep -E '^(smuggling|open relay|forged bounces|remote faults|outbound|api|auth|auth flood|limits|crash|load|signals|identity|spool|submission|submission data|smtputf8|bounce listener|verp guessing|cluster etcd|cluster node|cluster membership|cluster bench):' "$out"
 if [ "$status" -ne 0 ]; then
   echo "== FAILED (go test exit $status)"
   grep -E '^(--- FAIL|FAIL)' "$out" | sort -u
