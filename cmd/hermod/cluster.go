@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/hermod-mta/hermod/cluster"
@@ -222,7 +223,7 @@ func (c *cli) clusterImport(args []string) error {
 	}
 	src, err := bbolt.Open(filepath.Join(*from, daemon.StoreFile), 0o600, &bbolt.Options{ReadOnly: true, Timeout: time.Second})
 	if err != nil {
-		if errors.Is(err, bbolt.ErrTimeout) {
+		if errors.Is(err, bolterrors.ErrTimeout) {
 			return fmt.Errorf("%s is in use: stop the hermod that runs on it first", *from)
 		}
 		return fmt.Errorf("open %s: %w", *from, err)

@@ -320,33 +320,11 @@ func (nd *hermodNode) submit(rcpt string, headers ...string) string {
 // smtpSubmit is submit without a test: the id ("" when refused) and the
 // last reply.
 func smtpSubmit(addr, rcpt string, headers ...string) (id, reply string) {
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	c, err := dialSMTP(addr)
 	if err != nil {
 		return "", err.Error()
 	}
 	defer c.Close()
-	r := bufio.NewReader(c)
-	read := func() string {
-		var last string
-		for {
-			c.SetReadDeadline(time.Now().Add(20 * time.Second))
-			l, err := r.ReadString('\n')
-			if err != nil {
-				return "read: " + err.Error()
-			}
-			last = strings.TrimRight(l, "\r\n")
-			if len(last) < 4 || last[3] != '-' {
-				return last
-			}
-		}
-	}
-	step := func(cmd, want string) bool {
-		if cmd != "" {
-			io.WriteString(c, cmd)
-		}
-		reply = read()
-		return strings.HasPrefix(reply, want)
-	}
 	auth := base64.StdEncoding.EncodeToString([]byte("\x00app\x00pw"))
 	hdr := "From: app@saas.test\r\n"
 	for _, h := range headers {
@@ -355,10 +333,12 @@ func smtpSubmit(addr, rcpt string, headers ...string) (id, reply string) {
 		}
 	}
 	hdr += strings.Join(append(headers, "Subject: cluster test for "+rcpt), "\r\n") + "\r\n"
-	if !step("", "220") || !step("EHLO client.test\r\n", "250") || !step("AUTH PLAIN "+auth+"\r\n", "235") ||
-		!step("MAIL FROM:<app@saas.test>\r\n", "250") || !step("RCPT TO:<"+rcpt+">\r\n", "250") ||
-		!step("DATA\r\n", "354") || !step(hdr+"\r\nhello from the cluster test\r\n.\r\n", "250") {
-		return "", reply
+	for _, st := range []smtpStep{{"", "220"}, {"EHLO client.test\r\n", "250"}, {"AUTH PLAIN " + auth + "\r\n", "235"},
+		{"MAIL FROM:<app@saas.test>\r\n", "250"}, {"RCPT TO:<" + rcpt + ">\r\n", "250"},
+		{"DATA\r\n", "354"}, {hdr + "\r\nhello from the cluster test\r\n.\r\n", "250"}} {
+		if reply = c.step(st); !strings.HasPrefix(reply, st.want) {
+			return "", reply
+		}
 	}
 	io.WriteString(c, "QUIT\r\n")
 	if m := reClusterID.FindStringSubmatch(reply); m != nil {
@@ -367,30 +347,49 @@ func smtpSubmit(addr, rcpt string, headers ...string) (id, reply string) {
 	return "", reply
 }
 
+// smtpConn is a client connection that reads whole (multi-line) replies.
+type smtpConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+// smtpStep is a command ("" for none: the greeting) and the reply code wanted.
+type smtpStep struct{ cmd, want string }
+
+func dialSMTP(addr string) (*smtpConn, error) {
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	return &smtpConn{c, bufio.NewReader(c)}, nil
+}
+
+// step sends st.cmd and returns the last line of the reply.
+func (c *smtpConn) step(st smtpStep) string {
+	if st.cmd != "" {
+		io.WriteString(c, st.cmd)
+	}
+	for {
+		c.SetReadDeadline(time.Now().Add(20 * time.Second))
+		l, err := c.r.ReadString('\n')
+		if err != nil {
+			return "read: " + err.Error()
+		}
+		if l = strings.TrimRight(l, "\r\n"); len(l) < 4 || l[3] != '-' {
+			return l
+		}
+	}
+}
+
 // sendDSN delivers a delivery status notification for rcpt (hard: 5.1.1)
 // to the bounce listener at addr, addressed to the VERP address verp.
 func sendDSN(t *testing.T, addr, verp, rcpt string) {
 	t.Helper()
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	c, err := dialSMTP(addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	r := bufio.NewReader(c)
-	read := func() string {
-		var last string
-		for {
-			c.SetReadDeadline(time.Now().Add(20 * time.Second))
-			l, err := r.ReadString('\n')
-			if err != nil {
-				return "read: " + err.Error()
-			}
-			last = strings.TrimRight(l, "\r\n")
-			if len(last) < 4 || last[3] != '-' {
-				return last
-			}
-		}
-	}
 	dsn := strings.ReplaceAll(`From: MAILER-DAEMON@mx.dest.test
 To: `+verp+`
 Subject: Undelivered Mail Returned to Sender
@@ -415,15 +414,12 @@ Diagnostic-Code: smtp; 550 5.1.1 <`+rcpt+`>: Recipient address rejected: User un
 
 --BOUNDARY--
 `, "\n", "\r\n")
-	for _, s := range []struct{ cmd, want string }{
+	for _, st := range []smtpStep{
 		{"", "220"}, {"EHLO mx.dest.test\r\n", "250"}, {"MAIL FROM:<>\r\n", "250"},
 		{"RCPT TO:<" + verp + ">\r\n", "250"}, {"DATA\r\n", "354"}, {dsn + ".\r\n", "250"},
 	} {
-		if s.cmd != "" {
-			io.WriteString(c, s.cmd)
-		}
-		if got := read(); !strings.HasPrefix(got, s.want) {
-			t.Fatalf("DSN to %s: after %q got %q, want %s", addr, strings.TrimSpace(s.cmd[:min(len(s.cmd), 40)]), got, s.want)
+		if got := c.step(st); !strings.HasPrefix(got, st.want) {
+			t.Fatalf("DSN to %s: after %q got %q, want %s", addr, strings.TrimSpace(st.cmd[:min(len(st.cmd), 40)]), got, st.want)
 		}
 	}
 	io.WriteString(c, "QUIT\r\n")
