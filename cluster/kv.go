@@ -200,7 +200,7 @@ func OpenKV(ctx context.Context, cli *clientv3.Client, opts KVOptions) (*KV, err
 			k.w.Close()
 			db.Close()
 			why := "no copy of the control data yet"
-			if rev > 0 {
+			if rev > 0 && pfx != opts.Prefix {
 				why = fmt.Sprintf("the replica %s holds prefix %q, not %q", opts.ReplicaPath, pfx, opts.Prefix)
 			}
 			return nil, fmt.Errorf("cluster: %s and etcd at %s does not answer: start etcd or check cluster.etcd_endpoints: %w",
