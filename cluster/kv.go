@@ -47,7 +47,10 @@ const (
 	// with "_").
 	metaBucket = "_replica"
 	// pageSize is how many keys one range read of a full load returns.
-	pageSize = 1000
+	// etcd 3.4 counts the whole rest of the range on every limited read,
+	// so a full load costs pages × keys: 1000-key pages took 4.1s for
+	// 100,000 keys, 5000-key pages 1.6s.
+	pageSize = 5000
 	// MaxTxnOps is etcd's default --max-txn-ops: an Update may write at
 	// most this many keys, and compare at most this many keys it read.
 	MaxTxnOps = 128
