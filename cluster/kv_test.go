@@ -611,3 +611,33 @@ func TestOpenWithEtcdDown(t *testing.T) {
 	})
 	waitFor(t, 10*time.Second, "still stale", func() bool { _, s := k.Stale(); return !s })
 }
+
+// TestReplicaOfAnotherCluster: a node opened from a replica of another etcd
+// cluster (etcd down at open) reloads when that etcd answers, instead of
+// watching the new cluster's unrelated revisions from its own.
+func TestReplicaOfAnotherCluster(t *testing.T) {
+	a := etcdtest.Start(t, 1)
+	dir := t.TempDir()
+	k, err := openNode(a.Client(t), "/hermod", dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	put(t, k, "domain", "from-a", "1")
+	k.Close()
+	b := etcdtest.Start(t, 1)
+	bcli := b.Client(t)
+	for i := 0; i < 5; i++ {
+		if _, err := bcli.Put(context.Background(), "/hermod/c/domain/"+fmt.Sprintf("%x", fmt.Sprintf("from-b%d", i)), "v"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b.Kill(0)
+	k = node(t, bcli, "/hermod", dir) // from a's replica: b is down
+	if get(t, k, "domain", "from-a") == nil {
+		t.Fatal("not opened from the replica")
+	}
+	b.Restart(0)
+	waitFor(t, 30*time.Second, "the replica of another cluster was not reloaded", func() bool {
+		return get(t, k, "domain", "from-b0") != nil && get(t, k, "domain", "from-a") == nil
+	})
+}
