@@ -169,12 +169,22 @@ func TestKillRestart(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	c.Kill(2)
-	if _, err := cli.Put(ctx, "k", "v"); err != nil {
-		t.Fatalf("put with one member down: %v", err)
+	// Member 2 may have led: a put during the election may time out.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		pctx, pcancel := context.WithTimeout(ctx, 2*time.Second)
+		_, err := cli.Put(pctx, "k", "v")
+		pcancel()
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("put with one member down: %v", err)
+		}
 	}
 	c.Restart(2)
 	one := c.ClientOf(t, c.Endpoint(2))
-	deadline := time.Now().Add(10 * time.Second)
+	deadline = time.Now().Add(10 * time.Second)
 	for {
 		g, err := one.Get(ctx, "k")
 		if err == nil && len(g.Kvs) == 1 {
