@@ -104,6 +104,7 @@ type KV struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 	once   sync.Once
+	kick   chan struct{} // cuts the follower's reconnect backoff short
 
 	mu        sync.Mutex
 	applied   int64
@@ -191,6 +192,7 @@ func OpenKV(ctx context.Context, cli *clientv3.Client, opts KVOptions) (*KV, err
 		secret:   secret,
 		log:      log,
 		done:     make(chan struct{}),
+		kick:     make(chan struct{}, 1),
 		advanced: make(chan struct{}),
 	}
 	k.ctx, k.cancel = context.WithCancel(context.Background())
@@ -387,6 +389,10 @@ func (k *KV) follow() {
 			t.Stop()
 			return
 		case <-t.C:
+		case <-k.kick:
+			// An Update waits for the replica: etcd answered it, so
+			// try now.
+			t.Stop()
 		}
 		backoff = min(2*backoff, 5*time.Second)
 	}
@@ -594,10 +600,16 @@ func (k *KV) waitApplied(rev int64, d time.Duration) error {
 	defer tick.Stop()
 	for {
 		k.mu.Lock()
-		applied, ch, wctx := k.applied, k.advanced, k.wctx
+		applied, ch, wctx, following := k.applied, k.advanced, k.wctx, k.following
 		k.mu.Unlock()
 		if applied >= rev {
 			return nil
+		}
+		if !following {
+			select {
+			case k.kick <- struct{}{}:
+			default:
+			}
 		}
 		select {
 		case <-ch:
