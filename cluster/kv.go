@@ -47,7 +47,10 @@ const (
 	// with "_").
 	metaBucket = "_replica"
 	// pageSize is how many keys one range read of a full load returns.
-	pageSize = 1000
+	// etcd 3.4 counts the whole rest of the range on every limited read,
+	// so a full load costs pages × keys: 1000-key pages took 4.1s for
+	// 100,000 keys, 5000-key pages 1.6s.
+	pageSize = 5000
 	// MaxTxnOps is etcd's default --max-txn-ops: an Update may write at
 	// most this many keys, and compare at most this many keys it read.
 	MaxTxnOps = 128
@@ -101,6 +104,7 @@ type KV struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 	once   sync.Once
+	kick   chan struct{} // cuts the follower's reconnect backoff short
 
 	mu        sync.Mutex
 	applied   int64
@@ -188,6 +192,7 @@ func OpenKV(ctx context.Context, cli *clientv3.Client, opts KVOptions) (*KV, err
 		secret:   secret,
 		log:      log,
 		done:     make(chan struct{}),
+		kick:     make(chan struct{}, 1),
 		advanced: make(chan struct{}),
 	}
 	k.ctx, k.cancel = context.WithCancel(context.Background())
@@ -200,7 +205,7 @@ func OpenKV(ctx context.Context, cli *clientv3.Client, opts KVOptions) (*KV, err
 			k.w.Close()
 			db.Close()
 			why := "no copy of the control data yet"
-			if rev > 0 {
+			if rev > 0 && pfx != opts.Prefix {
 				why = fmt.Sprintf("the replica %s holds prefix %q, not %q", opts.ReplicaPath, pfx, opts.Prefix)
 			}
 			return nil, fmt.Errorf("cluster: %s and etcd at %s does not answer: start etcd or check cluster.etcd_endpoints: %w",
@@ -384,6 +389,10 @@ func (k *KV) follow() {
 			t.Stop()
 			return
 		case <-t.C:
+		case <-k.kick:
+			// An Update waits for the replica: etcd answered it, so
+			// try now.
+			t.Stop()
 		}
 		backoff = min(2*backoff, 5*time.Second)
 	}
@@ -591,10 +600,16 @@ func (k *KV) waitApplied(rev int64, d time.Duration) error {
 	defer tick.Stop()
 	for {
 		k.mu.Lock()
-		applied, ch, wctx := k.applied, k.advanced, k.wctx
+		applied, ch, wctx, following := k.applied, k.advanced, k.wctx, k.following
 		k.mu.Unlock()
 		if applied >= rev {
 			return nil
+		}
+		if !following {
+			select {
+			case k.kick <- struct{}{}:
+			default:
+			}
 		}
 		select {
 		case <-ch:

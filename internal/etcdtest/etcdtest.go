@@ -35,6 +35,7 @@ const startTimeout = 30 * time.Second
 type Cluster struct {
 	t       testing.TB
 	token   string
+	extra   []string
 	members []*member
 }
 
@@ -54,11 +55,16 @@ type member struct {
 // scripts/test.sh (HERMOD_REQUIRE_TOOLS=1), where skipping is a failure.
 func Require(t testing.TB) {
 	t.Helper()
-	if _, err := os.Stat(Binary); err != nil {
+	require(t, Binary)
+}
+
+func require(t testing.TB, binary string) {
+	t.Helper()
+	if _, err := os.Stat(binary); err != nil {
 		if os.Getenv("HERMOD_REQUIRE_TOOLS") == "1" {
-			t.Fatalf("%s is missing (HERMOD_REQUIRE_TOOLS=1): see the etcd row of scripts/deps.sh", Binary)
+			t.Fatalf("%s is missing (HERMOD_REQUIRE_TOOLS=1): see the etcd row of scripts/deps.sh", binary)
 		}
-		t.Skipf("%s is missing (install etcd-server, see scripts/deps.sh): %v", Binary, err)
+		t.Skipf("%s is missing (install etcd-server, see scripts/deps.sh): %v", binary, err)
 	}
 }
 
@@ -67,13 +73,19 @@ func Require(t testing.TB) {
 // member does not start.
 func Start(t testing.TB, n int) *Cluster {
 	t.Helper()
+	return start(t, n, nil)
+}
+
+// start is Start with extra flags for every member.
+func start(t testing.TB, n int, extra []string) *Cluster {
+	t.Helper()
 	Require(t)
 	if n < 1 {
 		t.Fatalf("etcdtest: %d members", n)
 	}
 	ports := freePorts(t, 2*n)
 	root := t.TempDir()
-	c := &Cluster{t: t, token: "hermod-test-" + strconv.Itoa(os.Getpid()) + "-" + strconv.FormatInt(time.Now().UnixNano(), 36)}
+	c := &Cluster{t: t, extra: extra, token: "hermod-test-" + strconv.Itoa(os.Getpid()) + "-" + strconv.FormatInt(time.Now().UnixNano(), 36)}
 	var initial []string
 	for i := 0; i < n; i++ {
 		m := &member{
@@ -148,13 +160,21 @@ func (c *Cluster) spawn(i int, state string) error {
 		"--initial-cluster", m.initial,
 		"--initial-cluster-state", state,
 		"--initial-cluster-token", c.token,
-		"--heartbeat-interval", "50",
-		"--election-timeout", "500",
+		"--heartbeat-interval", "100",
+		"--election-timeout", "1000",
 		"--listen-metrics-urls", "",
 		"--logger", "zap",
 		"--log-outputs", "stderr",
 		"--log-level", "warn",
 	)
+	cmd.Args = append(cmd.Args, c.extra...)
+	// etcd reads ETCD_* variables as flags: none of the caller's reach a
+	// member.
+	for _, e := range os.Environ() {
+		if !strings.HasPrefix(e, "ETCD_") {
+			cmd.Env = append(cmd.Env, e)
+		}
+	}
 	cmd.Stdout = logf
 	cmd.Stderr = logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

@@ -3,6 +3,10 @@ package etcdtest
 import (
 	"context"
 	"errors"
+	"fmt"
+	"runtime"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -165,12 +169,22 @@ func TestKillRestart(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	c.Kill(2)
-	if _, err := cli.Put(ctx, "k", "v"); err != nil {
-		t.Fatalf("put with one member down: %v", err)
+	// Member 2 may have led: a put during the election may time out.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		pctx, pcancel := context.WithTimeout(ctx, 2*time.Second)
+		_, err := cli.Put(pctx, "k", "v")
+		pcancel()
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("put with one member down: %v", err)
+		}
 	}
 	c.Restart(2)
 	one := c.ClientOf(t, c.Endpoint(2))
-	deadline := time.Now().Add(10 * time.Second)
+	deadline = time.Now().Add(10 * time.Second)
 	for {
 		g, err := one.Get(ctx, "k")
 		if err == nil && len(g.Kvs) == 1 {
@@ -180,5 +194,72 @@ func TestKillRestart(t *testing.T) {
 			t.Fatalf("restarted member does not have the write: %v", err)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// fatalTB records the first Fatalf or Skipf and ends the goroutine, as
+// testing.T does.
+type fatalTB struct {
+	testing.TB
+	mu    sync.Mutex
+	fatal string
+	skip  string
+}
+
+func (f *fatalTB) Helper() {}
+func (f *fatalTB) Fatalf(format string, args ...any) {
+	f.mu.Lock()
+	f.fatal = fmt.Sprintf(format, args...)
+	f.mu.Unlock()
+	runtime.Goexit()
+}
+func (f *fatalTB) Skipf(format string, args ...any) {
+	f.mu.Lock()
+	f.skip = fmt.Sprintf(format, args...)
+	f.mu.Unlock()
+	runtime.Goexit()
+}
+
+func run(f func()) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		f()
+	}()
+	<-done
+}
+
+// TestMemberFailsToStart: a member that does not start fails the test with
+// its stderr.
+func TestMemberFailsToStart(t *testing.T) {
+	Require(t)
+	f := &fatalTB{TB: t}
+	run(func() { start(f, 1, []string{"--quota-backend-bytes", "lots"}) })
+	if !strings.Contains(f.fatal, "did not start") || !strings.Contains(f.fatal, "quota-backend-bytes") {
+		t.Fatalf("Start of a member that cannot start: fatal %q", f.fatal)
+	}
+}
+
+// TestCallerEnvironmentIgnored: an ETCD_* variable of the caller does not
+// reach the members (etcd would read it as a flag).
+func TestCallerEnvironmentIgnored(t *testing.T) {
+	t.Setenv("ETCD_QUOTA_BACKEND_BYTES", "lots")
+	Start(t, 1)
+}
+
+// TestMissingBinary: a missing binary skips, or fails under
+// HERMOD_REQUIRE_TOOLS=1.
+func TestMissingBinary(t *testing.T) {
+	t.Setenv("HERMOD_REQUIRE_TOOLS", "")
+	f := &fatalTB{TB: t}
+	run(func() { require(f, "/nonexistent/etcd") })
+	if f.skip == "" || f.fatal != "" {
+		t.Errorf("without HERMOD_REQUIRE_TOOLS: skip %q fatal %q", f.skip, f.fatal)
+	}
+	t.Setenv("HERMOD_REQUIRE_TOOLS", "1")
+	f = &fatalTB{TB: t}
+	run(func() { require(f, "/nonexistent/etcd") })
+	if f.fatal == "" || f.skip != "" {
+		t.Errorf("with HERMOD_REQUIRE_TOOLS=1: skip %q fatal %q", f.skip, f.fatal)
 	}
 }
