@@ -106,8 +106,16 @@ type KV struct {
 	once   sync.Once
 	kick   chan struct{} // cuts the follower's reconnect backoff short
 
-	mu        sync.Mutex
-	applied   int64
+	mu      sync.Mutex
+	applied int64
+	// resume is the revision up to which every event is known to be in
+	// the replica: the snapshot's, then the events' own. A watch is
+	// resumed from it, never from applied, which progress notifications
+	// also advance: etcd before 3.4.24 may answer a progress request
+	// with a revision past events still on their way on the same stream
+	// (etcd-io/etcd#15220), and a watch resumed from there would skip
+	// them. The replica's meta records resume.
+	resume    int64
 	clusterID uint64
 	verified  bool // clusterID and applied were checked against etcd
 	advanced  chan struct{}
@@ -211,7 +219,7 @@ func OpenKV(ctx context.Context, cli *clientv3.Client, opts KVOptions) (*KV, err
 			return nil, fmt.Errorf("cluster: %s and etcd at %s does not answer: start etcd or check cluster.etcd_endpoints: %w",
 				why, strings.Join(cli.Endpoints(), ","), err)
 		}
-		k.applied, k.clusterID = rev, cid
+		k.applied, k.resume, k.clusterID = rev, rev, cid
 		log.Warn("cluster: etcd does not answer: serving the control data from the local replica, which may be stale",
 			"replica", opts.ReplicaPath, "revision", rev, "endpoints", cli.Endpoints(), "err", err)
 	}
@@ -342,7 +350,7 @@ func (k *KV) reload(ctx context.Context) error {
 		return fmt.Errorf("cluster: full load: %w", err)
 	}
 	k.mu.Lock()
-	k.applied, k.clusterID, k.verified = rev, cid, true
+	k.applied, k.resume, k.clusterID, k.verified = rev, rev, cid, true
 	k.lastHeard = k.opts.Now()
 	k.reloads++
 	reloads := k.reloads
@@ -403,7 +411,7 @@ func (k *KV) follow() {
 // whether anything was applied.
 func (k *KV) watchOnce() (progressed bool, err error) {
 	k.mu.Lock()
-	verified, applied, cid := k.verified, k.applied, k.clusterID
+	verified, applied, cid := k.verified, k.resume, k.clusterID
 	k.mu.Unlock()
 	// Before watching from applied+1, read at applied: etcd lets a watch
 	// start at the compaction revision itself, but compaction has dropped
@@ -484,21 +492,23 @@ func (k *KV) watchOnce() (progressed bool, err error) {
 // transaction with the revision they bring it to, then tells subscribers.
 func (k *KV) apply(resp *clientv3.WatchResponse) error {
 	k.mu.Lock()
-	rev := k.applied
+	rev, resume := k.applied, k.resume
 	k.mu.Unlock()
-	next := rev
+	next, nextResume := rev, resume
 	for _, ev := range resp.Events {
 		next = max(next, ev.Kv.ModRevision)
+		nextResume = max(nextResume, ev.Kv.ModRevision)
 	}
 	if len(resp.Events) == 0 {
 		// A progress notification: every event up to the header
-		// revision has been sent. (A response with events may carry a
-		// header revision past events still to come, so only the
-		// events' own revisions count there.)
+		// revision has been sent, if the server is right (see resume).
+		// (A response with events may carry a header revision past
+		// events still to come, so only the events' own revisions count
+		// there.)
 		next = max(next, resp.Header.Revision)
 	}
 	var changes []control.Change
-	if next > rev || len(resp.Events) > 0 {
+	if len(resp.Events) > 0 {
 		err := k.db.Update(func(tx *bbolt.Tx) error {
 			for _, ev := range resp.Events {
 				bucket, key, ok := k.parseKey(ev.Kv.Key)
@@ -506,6 +516,11 @@ func (k *KV) apply(resp *clientv3.WatchResponse) error {
 					continue
 				}
 				b := tx.Bucket([]byte(bucket))
+				// Events replayed after a resume may be older than what
+				// the replica has: a key never goes back in time.
+				if cur := b.Get(key); cur != nil && modRevision(cur) > ev.Kv.ModRevision {
+					continue
+				}
 				if ev.Type == clientv3.EventTypeDelete {
 					if err := b.Delete(key); err != nil {
 						return err
@@ -523,14 +538,14 @@ func (k *KV) apply(resp *clientv3.WatchResponse) error {
 				}
 				changes = append(changes, control.Change{Bucket: bucket, Key: key})
 			}
-			return putMeta(tx, next, 0, k.opts.Prefix)
+			return putMeta(tx, nextResume, 0, k.opts.Prefix)
 		})
 		if err != nil {
 			return fmt.Errorf("cluster: apply to the replica: %w", err)
 		}
 	}
 	k.mu.Lock()
-	k.applied = next
+	k.applied, k.resume = next, nextResume
 	k.lastHeard = k.opts.Now()
 	k.following = true
 	k.signalLocked()

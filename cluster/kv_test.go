@@ -3,6 +3,7 @@ package cluster
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -13,6 +14,9 @@ import (
 	"testing"
 	"time"
 
+	"go.etcd.io/bbolt"
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/hermod-mta/hermod/control"
@@ -638,4 +642,53 @@ func TestReplicaOfAnotherCluster(t *testing.T) {
 	waitFor(t, 30*time.Second, "the replica of another cluster was not reloaded", func() bool {
 		return get(t, k, "domain", "from-b0") != nil && get(t, k, "domain", "from-a") == nil
 	})
+}
+
+// TestProgressDoesNotMoveResume: a progress notification moves the
+// revision a node reports, but not the one its watch resumes from, nor the
+// one its replica records: etcd before 3.4.24 may send a progress revision
+// past events still on their way (etcd-io/etcd#15220), and a watch resumed
+// from there would skip them for good. Replayed older events never put a
+// key back in time.
+func TestProgressDoesNotMoveResume(t *testing.T) {
+	c := sharedCluster(t)
+	dir := t.TempDir()
+	a := node(t, c.Client(t), "/hermod-resume", dir)
+	put(t, a, "domain", "example.org", "v1")
+	a.mu.Lock()
+	resume, applied := a.resume, a.applied
+	a.mu.Unlock()
+	if resume != applied || resume == 0 {
+		t.Fatalf("after a write: resume %d, applied %d", resume, applied)
+	}
+	// A progress notification far ahead, as a buggy server may send.
+	if err := a.apply(&clientv3.WatchResponse{Header: &etcdserverpb.ResponseHeader{Revision: applied + 1000}}); err != nil {
+		t.Fatal(err)
+	}
+	a.mu.Lock()
+	gotResume, gotApplied := a.resume, a.applied
+	a.mu.Unlock()
+	if gotApplied != applied+1000 || gotResume != resume {
+		t.Fatalf("after a progress notification to %d: applied %d, resume %d; want applied moved, resume %d kept", applied+1000, gotApplied, gotResume, resume)
+	}
+	var meta int64
+	if err := a.db.View(func(tx *bbolt.Tx) error {
+		meta = int64(binary.BigEndian.Uint64(tx.Bucket([]byte(metaBucket)).Get(metaRevision)))
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if meta != resume {
+		t.Fatalf("the replica records revision %d; want the events' %d", meta, resume)
+	}
+	// An older event for the key, replayed, does not win over the newer.
+	put(t, a, "domain", "example.org", "v2")
+	old := &clientv3.WatchResponse{Events: []*clientv3.Event{{Type: clientv3.EventTypePut,
+		Kv: &mvccpb.KeyValue{Key: []byte(a.etcdKey("domain", []byte("example.org"))), Value: []byte("v1"), ModRevision: resume}}}}
+	if err := a.apply(old); err != nil {
+		t.Fatal(err)
+	}
+	if got := string(get(t, a, "domain", "example.org")); got != "v2" {
+		t.Fatalf("after replaying an older event: %q; want v2", got)
+	}
 }
