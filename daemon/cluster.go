@@ -128,8 +128,14 @@ func (d *Daemon) openCluster(verpSecret []byte) (*clusterNode, error) {
 		Heartbeat: cl.Heartbeat, LeaseFile: filepath.Join(cfg.DataDir, "cluster.lease"), Logger: d.log, Now: d.now,
 		Stats: func() (int64, int64, time.Time) {
 			counts := d.Store.Counts()
-			since, _ := c.kv.Stale()
-			return counts[queue.StatusQueued] + counts[queue.StatusDeferred], c.kv.Revision(), since
+			var staleSince time.Time
+			if since, stale := c.kv.Stale(); stale {
+				staleSince = since
+				if staleSince.IsZero() {
+					staleSince = d.now() // never heard from etcd since start
+				}
+			}
+			return counts[queue.StatusQueued] + counts[queue.StatusDeferred], c.kv.Revision(), staleSince
 		}})
 	c.bg = nodes.NewBackground(cli, cl.EtcdPrefix, cl.NodeID, 3*cl.Heartbeat, d.log)
 	if c.forwards, err = newForwarder(d.Store.DB(), nodeOf, c.reg, c.auth, d.log, d.now); err != nil {
@@ -321,4 +327,31 @@ func (a clusterAPI) Gather(ctx context.Context, r *http.Request, rewrite func(no
 	}
 	wg.Wait()
 	return answers, missing
+}
+
+// NodeView is a node's own view of the cluster, answered at
+// GET /v1/cluster/node even while etcd cannot be reached: what `hermod
+// cluster status` shows when etcd does not answer.
+type NodeView struct {
+	Node string `json:"node"`
+	// Revision is the control-data revision the node's copy has applied;
+	// StaleSince is set while the copy is not followed from etcd.
+	Revision        int64        `json:"control_revision"`
+	StaleSince      time.Time    `json:"stale_since,omitzero"`
+	Reloads         int64        `json:"reloads"`
+	ForwardsPending int          `json:"bounce_forwards_pending"`
+	Nodes           []nodes.Node `json:"nodes"` // as last known from the registry
+}
+
+func (d *Daemon) nodeViewHandler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c := d.cluster
+		v := NodeView{Node: c.node, Revision: c.kv.Revision(), Reloads: c.kv.Reloads(),
+			ForwardsPending: c.forwards.Pending(), Nodes: c.reg.Nodes()}
+		if since, stale := c.kv.Stale(); stale {
+			v.StaleSince = since
+		}
+		w.Header().Set("Content-Type", "application/json; charset=utf-8")
+		_ = json.NewEncoder(w).Encode(v)
+	})
 }

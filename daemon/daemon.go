@@ -654,6 +654,7 @@ func (d *Daemon) extraHandlers() map[string]http.Handler {
 	}
 	if d.cluster != nil {
 		h["POST "+forwardPath] = forwardHandler(d.intake)
+		h["GET /v1/cluster/node"] = d.nodeViewHandler()
 	}
 	if d.cfg.API.Pprof {
 		h["/debug/pprof/"] = http.HandlerFunc(pprof.Index)

@@ -103,7 +103,8 @@ func (c *cli) clusterStatus(args []string) error {
 	defer cli.Close()
 	st, err := readClusterStatus(cfg, cli)
 	if err != nil {
-		return err
+		// etcd does not answer: say so, and what this node has.
+		return c.nodeOnlyStatus(*path, *asJSON, err)
 	}
 	if *asJSON {
 		enc := json.NewEncoder(c.stdout)
@@ -202,6 +203,38 @@ func readClusterStatus(cfg *config.Config, cli *clientv3.Client) (*ClusterStatus
 		return nil, err
 	}
 	return st, nil
+}
+
+// nodeOnlyStatus prints the local node's own view when etcd does not
+// answer, and returns the etcd error (exit status 1).
+func (c *cli) nodeOnlyStatus(path string, asJSON bool, etcdErr error) error {
+	client, err := c.client(path)
+	if err != nil {
+		return fmt.Errorf("%w; and this node's API: %v", etcdErr, err)
+	}
+	var v daemon.NodeView
+	if err := client.Do(context.Background(), "GET", "/v1/cluster/node", nil, nil, &v); err != nil {
+		return fmt.Errorf("%w; and this node's API: %v", etcdErr, err)
+	}
+	if asJSON {
+		enc := json.NewEncoder(c.stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(map[string]any{"etcd_error": etcdErr.Error(), "node": v}); err != nil {
+			return err
+		}
+		return etcdErr
+	}
+	fmt.Fprintf(c.stdout, "etcd does not answer: %v\n", etcdErr)
+	fmt.Fprintf(c.stdout, "node %s serves from its copy of the control data at revision %d", v.Node, v.Revision)
+	if !v.StaleSince.IsZero() {
+		fmt.Fprintf(c.stdout, ", stale since %s (%s ago)", v.StaleSince.Format(time.RFC3339), time.Since(v.StaleSince).Round(time.Second))
+	}
+	fmt.Fprintf(c.stdout, "; %d bounce forwards waiting\n", v.ForwardsPending)
+	fmt.Fprintln(c.stdout, "nodes as last known:")
+	for _, n := range v.Nodes {
+		fmt.Fprintf(c.stdout, "  %s %s last heartbeat %s, spool %d\n", n.ID, n.Advertise, n.Heartbeat.Format(time.RFC3339), n.SpoolDepth)
+	}
+	return etcdErr
 }
 
 // importBatch bounds the keys written in one etcd transaction.

@@ -633,7 +633,12 @@ func TestClusterEtcdFaults(t *testing.T) {
 			nd.submit(rcpt)
 			tc.sinkMessage(rcpt, nil, 10*time.Second)
 		}
-		n2.mustCall(200, "PUT", "/v1/accounts/during-one-down", map[string]any{"owner": "o@x.test"}, nil)
+		// Killing the leader starts an election (election timeout 1 s): a
+		// write may be refused while it runs, then goes through.
+		eventually(t, 15*time.Second, "an account change on node 2 with one member down", func() (bool, string) {
+			code, raw := n2.call("PUT", "/v1/accounts/during-one-down", map[string]any{"owner": "o@x.test"}, nil)
+			return code == 200, raw
+		})
 		eventually(t, 10*time.Second, "the account made on node 2 seen by node 3", func() (bool, string) {
 			code, raw := n3.call("GET", "/v1/accounts/during-one-down", nil, nil)
 			return code == 200, raw
@@ -677,6 +682,11 @@ func TestClusterEtcdFaults(t *testing.T) {
 		if code, raw := n2.call("PUT", "/v1/suppressions/manual@dest.test", map[string]any{"reason": "manual"}, nil); code != 503 {
 			t.Fatalf("suppress add without etcd quorum = %d %s; want 503", code, raw)
 		}
+		// cluster status says etcd does not answer and what is stale.
+		eventually(t, 20*time.Second, "cluster status during the outage names the stale copy", func() (bool, string) {
+			out, err := n1.hermodCLI("cluster", "status")
+			return err != nil && strings.Contains(out, "etcd does not answer") && strings.Contains(out, "stale since"), out
+		})
 		// A hard bounce during the outage.
 		id := n1.submit("outage@dest.test")
 		m := tc.sinkMessage("outage@dest.test", nil, 15*time.Second)
