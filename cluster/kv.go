@@ -608,7 +608,11 @@ func (k *KV) Close() error {
 // waitApplied waits until the replica has applied rev, asking etcd for a
 // progress notification while it waits (the revision may be of a write
 // outside the prefix, which brings no event).
-func (k *KV) waitApplied(rev int64, d time.Duration) error {
+//
+// With own, rev is the revision of this node's own committed write, whose
+// events are sure to come: the wait is for the events themselves (resume),
+// not for a progress notification that may run ahead of them (see resume).
+func (k *KV) waitApplied(rev int64, d time.Duration, own bool) error {
 	deadline := time.NewTimer(d)
 	defer deadline.Stop()
 	tick := time.NewTicker(50 * time.Millisecond)
@@ -616,6 +620,9 @@ func (k *KV) waitApplied(rev int64, d time.Duration) error {
 	for {
 		k.mu.Lock()
 		applied, ch, wctx, following := k.applied, k.advanced, k.wctx, k.following
+		if own {
+			applied = k.resume
+		}
 		k.mu.Unlock()
 		if applied >= rev {
 			return nil
@@ -682,12 +689,12 @@ func (k *KV) Update(fn func(control.Tx) error) error {
 			return k.unavailable("update", err)
 		}
 		if resp.Succeeded {
-			if err := k.waitApplied(resp.Header.Revision, k.opts.RequestTimeout); err != nil {
+			if err := k.waitApplied(resp.Header.Revision, k.opts.RequestTimeout, true); err != nil {
 				k.log.Warn("cluster: an update was committed but the replica has not applied it yet", "revision", resp.Header.Revision, "err", err)
 			}
 			return nil
 		}
-		if err := k.waitApplied(resp.Header.Revision, k.opts.RequestTimeout); err != nil {
+		if err := k.waitApplied(resp.Header.Revision, k.opts.RequestTimeout, false); err != nil {
 			return k.unavailable("update (catching up after a conflict)", err)
 		}
 	}
