@@ -35,6 +35,11 @@ var forwardsBucket = []byte("cluster-forwards")
 // forwardPath is the owner's API endpoint for forwarded bounces.
 const forwardPath = "/v1/cluster/bounces"
 
+// forwardMaxAge is how long a forward waits for its owner before it is
+// dropped (logged): a node gone for good (hermod cluster forget) must not
+// leave its bounces kept forever.
+const forwardMaxAge = 7 * 24 * time.Hour
+
 // forward is one report for one recipient of another node's message.
 type forward struct {
 	MessageID string         `json:"message_id"`
@@ -169,6 +174,11 @@ func (fw *forwarder) pass(ctx context.Context) (sent int, failed bool) {
 			continue
 		}
 		done, err := fw.send(ctx, owner, it.f)
+		if !done && fw.now().Sub(it.f.Received) > forwardMaxAge {
+			fw.log.Error("cluster: bounce forward dropped: its owner did not take it for a week", "owner", owner,
+				"msgid", it.f.MessageID, "received", it.f.Received, "err", err)
+			done, err = true, nil
+		}
 		if err != nil {
 			down[owner] = true
 			failed = true

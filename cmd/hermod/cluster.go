@@ -26,15 +26,17 @@ import (
 
 func (c *cli) clusterCmd(args []string) error {
 	if len(args) == 0 {
-		return usageError("usage: hermod cluster status [-json] | hermod cluster import -from DATA_DIR")
+		return usageError("usage: hermod cluster status [-json] | import -from DATA_DIR | forget NODE")
 	}
 	switch args[0] {
 	case "status":
 		return c.clusterStatus(args[1:])
 	case "import":
 		return c.clusterImport(args[1:])
+	case "forget":
+		return c.clusterForget(args[1:])
 	}
-	return usageError("unknown cluster command %q: status or import", args[0])
+	return usageError("unknown cluster command %q: status, import or forget", args[0])
 }
 
 // clusterConfig loads a configuration that must have a [cluster] section.
@@ -235,6 +237,45 @@ func (c *cli) nodeOnlyStatus(path string, asJSON bool, etcdErr error) error {
 		fmt.Fprintf(c.stdout, "  %s %s last heartbeat %s, spool %d\n", n.ID, n.Advertise, n.Heartbeat.Format(time.RFC3339), n.SpoolDepth)
 	}
 	return etcdErr
+}
+
+// clusterForget removes a node that is gone for good from the registry, so
+// that lists stop naming it as not answering. A live node is refused.
+func (c *cli) clusterForget(args []string) error {
+	fs, path := c.flags("cluster forget")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return usageError("usage: hermod cluster forget NODE [-config FILE]")
+	}
+	cfg, err := clusterConfig(*path)
+	if err != nil {
+		return err
+	}
+	cli, err := daemon.EtcdClient(cfg)
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.Cluster.EtcdDialTimeout+cfg.Cluster.EtcdRequestTimeout)
+	defer cancel()
+	pfx, id := cfg.Cluster.EtcdPrefix, pos[0]
+	resp, err := cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(pfx+"/alive/"+id), "=", 0)).
+		Then(clientv3.OpDelete(pfx + "/nodes/" + id)).Commit()
+	if err != nil {
+		return fmt.Errorf("etcd: %w", err)
+	}
+	if !resp.Succeeded {
+		return fmt.Errorf("node %s is alive: stop it first (its mail must be delivered or moved before it goes)", id)
+	}
+	if n := resp.Responses[0].GetResponseDeleteRange().Deleted; n == 0 {
+		return fmt.Errorf("no node %s in the registry under %s", id, pfx)
+	}
+	fmt.Fprintf(c.stdout, "node %s forgotten; bounces for its mail that other nodes keep are dropped after a week\n", id)
+	return nil
 }
 
 // importBatch bounds the keys written in one etcd transaction.

@@ -1027,6 +1027,21 @@ func TestClusterMembership(t *testing.T) {
 		return st.Background != "" && st.Background != holder, raw
 	})
 	took := time.Since(start)
+	// A node gone for good is forgotten; a live one is not.
+	if out, err := witness.hermodCLI("cluster", "forget", witness.id); err == nil || !strings.Contains(out, "is alive") {
+		t.Fatalf("forget a live node = %v: %s", err, out)
+	}
+	eventually(t, 10*time.Second, "forget "+victim.id, func() (bool, string) {
+		out, err := witness.hermodCLI("cluster", "forget", victim.id)
+		return err == nil, out
+	})
+	var page struct {
+		Unanswered []string `json:"unanswered"`
+	}
+	witness.mustCall(200, "GET", "/v1/queue", nil, &page)
+	if len(page.Unanswered) != 0 {
+		t.Fatalf("after forgetting %s, lists still name %v as not answering", victim.id, page.Unanswered)
+	}
 	t.Logf("background lease moved from %s %s after its kill -9", holder, took.Round(time.Millisecond))
 	fmt.Printf("cluster membership: other VERP secret, other cluster secret and a taken node id refused at start; background lease moved %s after kill -9 of its holder (lease 3s)\n", took.Round(100*time.Millisecond))
 }

@@ -46,6 +46,7 @@ Usage:
   hermod restore FILE -data-dir DIR        unpack a backup offline into a new, empty directory
   hermod cluster status [-json]            etcd members, nodes, background lease, what is stale
   hermod cluster import -from DATA_DIR     copy a single node's accounts, domains, keys and suppressions into the cluster
+  hermod cluster forget NODE               remove a node that is gone for good from the registry
   hermod bench [-n N] [-c C] [-size B] [-peer postfix]   load benchmark on loopback
 
 Every subcommand takes -config FILE; without it, $HERMOD_CONFIG, then
