@@ -9,8 +9,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/hermod-mta/hermod/relay"
 	"github.com/hermod-mta/hermod/control"
+	"github.com/hermod-mta/hermod/relay"
 )
 
 // Check schedule (seed: "verification may take tens of minutes to hours"):

@@ -28,8 +28,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/hermod-mta/hermod/dkim"
 	"github.com/hermod-mta/hermod/control"
+	"github.com/hermod-mta/hermod/dkim"
 )
 
 const (

@@ -6,8 +6,8 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/hermod-mta/hermod/dkim"
 	"github.com/hermod-mta/hermod/control"
+	"github.com/hermod-mta/hermod/dkim"
 )
 
 // DKIM key rollover without a gap. RotateKey makes a new key under a new

@@ -12,8 +12,8 @@ import (
 	"time"
 	"unicode"
 
-	"github.com/hermod-mta/hermod/dkim"
 	"github.com/hermod-mta/hermod/control"
+	"github.com/hermod-mta/hermod/dkim"
 )
 
 // PutAccount creates the account a.ID or updates its Owner and
