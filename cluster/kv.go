@@ -47,10 +47,15 @@ const (
 	// with "_").
 	metaBucket = "_replica"
 	// pageSize is how many keys one range read of a full load returns.
-	// etcd 3.4 counts the whole rest of the range on every limited read,
-	// so a full load costs pages × keys: 1000-key pages took 4.1s for
-	// 100,000 keys, 5000-key pages 1.6s.
+	// etcd 3.4 walks the whole rest of the range on every limited read
+	// (to count it), so a full load reads ranges small enough to be a
+	// few pages each: a range that holds more than splitAt keys is split
+	// by the next hex digit of its keys (loadRange).
 	pageSize = 5000
+	splitAt  = 4 * pageSize
+	// maxSplitDepth bounds the splitting: 16^8 ranges is far past any
+	// list etcd holds.
+	maxSplitDepth = 8
 	// MaxTxnOps is etcd's default --max-txn-ops: an Update may write at
 	// most this many keys, and compare at most this many keys it read.
 	MaxTxnOps = 128
@@ -205,9 +210,7 @@ func OpenKV(ctx context.Context, cli *clientv3.Client, opts KVOptions) (*KV, err
 	}
 	k.ctx, k.cancel = context.WithCancel(context.Background())
 	usable := rev > 0 && pfx == opts.Prefix
-	lctx, cancel := context.WithTimeout(ctx, opts.RequestTimeout)
-	err = k.reload(lctx)
-	cancel()
+	err = k.reload(ctx)
 	if err != nil {
 		if !usable {
 			k.w.Close()
@@ -298,11 +301,17 @@ func putMeta(tx *bbolt.Tx, rev int64, cid uint64, prefix string) error {
 // one revision, read in pages, in one bbolt transaction.
 func (k *KV) reload(ctx context.Context) error {
 	start := time.Now()
-	end := clientv3.GetPrefixRangeEnd(k.keyPfx)
-	var rev int64
-	var cid uint64
+	// The revision of the snapshot: one cheap read of a single key.
+	rctx, cancel := context.WithTimeout(ctx, k.opts.RequestTimeout)
+	head, err := k.cli.Get(rctx, k.keyPfx)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("cluster: full load: read the revision of %s: %w", k.keyPfx, err)
+	}
+	rev, cid := head.Header.Revision, head.Header.ClusterId
 	n := 0
-	err := k.db.Update(func(tx *bbolt.Tx) error {
+	err = k.db.Update(func(tx *bbolt.Tx) error {
+		n = 0
 		for _, name := range bucketNames() {
 			if err := tx.DeleteBucket([]byte(name)); err != nil {
 				return fmt.Errorf("empty bucket %s: %w", name, err)
@@ -311,38 +320,12 @@ func (k *KV) reload(ctx context.Context) error {
 				return fmt.Errorf("create bucket %s: %w", name, err)
 			}
 		}
-		from := k.keyPfx
-		for {
-			opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(pageSize)}
-			if rev != 0 {
-				opts = append(opts, clientv3.WithRev(rev))
-			}
-			resp, err := k.cli.Get(ctx, from, opts...)
+		for _, name := range bucketNames() {
+			m, err := k.loadRange(ctx, tx, k.keyPfx+name+"/", rev, 0)
+			n += m
 			if err != nil {
-				return fmt.Errorf("read %s at revision %d: %w", k.keyPfx, rev, err)
+				return err
 			}
-			if rev == 0 {
-				rev, cid = resp.Header.Revision, resp.Header.ClusterId
-			}
-			for _, kv := range resp.Kvs {
-				bucket, key, ok := k.parseKey(kv.Key)
-				if !ok {
-					continue
-				}
-				v, err := k.replicaValue(bucket, key, kv)
-				if err != nil {
-					k.log.Error("cluster: a control value does not open: left out of the replica", "key", string(kv.Key), "err", err)
-					continue
-				}
-				if err := tx.Bucket([]byte(bucket)).Put(key, v); err != nil {
-					return fmt.Errorf("replica put: %w", err)
-				}
-				n++
-			}
-			if !resp.More || len(resp.Kvs) == 0 {
-				break
-			}
-			from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
 		}
 		return putMeta(tx, rev, cid, k.opts.Prefix)
 	})
@@ -363,6 +346,54 @@ func (k *KV) reload(ctx context.Context) error {
 		fn([]control.Change{{Reload: true}})
 	}
 	return nil
+}
+
+// loadRange copies every key under the etcd prefix p at rev into tx and
+// returns how many it copied. Each read has its own timeout. A range
+// holding more than splitAt keys is loaded as the 16 ranges of its next hex
+// digit (the keys below a bucket's prefix are hex), so that no read makes
+// etcd 3.4 walk much more than a page.
+func (k *KV) loadRange(ctx context.Context, tx *bbolt.Tx, p string, rev int64, depth int) (int, error) {
+	end := clientv3.GetPrefixRangeEnd(p)
+	from, n := p, 0
+	for first := true; ; first = false {
+		rctx, cancel := context.WithTimeout(ctx, k.opts.RequestTimeout)
+		resp, err := k.cli.Get(rctx, from, clientv3.WithRange(end), clientv3.WithLimit(pageSize), clientv3.WithRev(rev))
+		cancel()
+		if err != nil {
+			return n, fmt.Errorf("read %s at revision %d: %w", p, rev, err)
+		}
+		if first && resp.Count > splitAt && depth < maxSplitDepth {
+			total := 0
+			for _, digit := range "0123456789abcdef" {
+				m, err := k.loadRange(ctx, tx, p+string(digit), rev, depth+1)
+				total += m
+				if err != nil {
+					return n + total, err
+				}
+			}
+			return n + total, nil
+		}
+		for _, kv := range resp.Kvs {
+			bucket, key, ok := k.parseKey(kv.Key)
+			if !ok {
+				continue
+			}
+			v, err := k.replicaValue(bucket, key, kv)
+			if err != nil {
+				k.log.Error("cluster: a control value does not open: left out of the replica", "key", string(kv.Key), "err", err)
+				continue
+			}
+			if err := tx.Bucket([]byte(bucket)).Put(key, v); err != nil {
+				return n, fmt.Errorf("replica put: %w", err)
+			}
+			n++
+		}
+		if !resp.More || len(resp.Kvs) == 0 {
+			return n, nil
+		}
+		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	}
 }
 
 // signalLocked wakes everyone waiting for the applied revision to advance.
@@ -433,9 +464,7 @@ func (k *KV) watchOnce() (progressed bool, err error) {
 	}
 	if why != "" {
 		k.log.Warn("cluster: reloading the full snapshot: "+why, "replica_revision", applied)
-		ctx, cancel := context.WithTimeout(k.ctx, 4*k.opts.RequestTimeout)
-		defer cancel()
-		return true, k.reload(ctx)
+		return true, k.reload(k.ctx)
 	}
 	if !verified {
 		k.mu.Lock()
@@ -464,9 +493,7 @@ func (k *KV) watchOnce() (progressed bool, err error) {
 			if resp.CompactRevision != 0 || errors.Is(resp.Err(), rpctypes.ErrCompacted) {
 				k.log.Warn("cluster: etcd compacted past the replica's revision: reloading the full snapshot",
 					"replica_revision", k.Revision(), "compact_revision", resp.CompactRevision)
-				ctx, cancel := context.WithTimeout(k.ctx, 4*k.opts.RequestTimeout)
-				defer cancel()
-				return true, k.reload(ctx)
+				return true, k.reload(k.ctx)
 			}
 			if err := resp.Err(); err != nil {
 				return progressed, err
