@@ -93,6 +93,10 @@ type KVOptions struct {
 	StaleAfter time.Duration
 	// Now is the clock of Stale; nil means time.Now.
 	Now func() time.Time
+
+	// pageSize and splitAt replace the constants of the same names
+	// (tests of the range splitting).
+	pageSize, splitAt int64
 }
 
 // KV is a control.Store on etcd with a local replica.
@@ -150,6 +154,9 @@ func OpenKV(ctx context.Context, cli *clientv3.Client, opts KVOptions) (*KV, err
 	}
 	if opts.StaleAfter <= 0 {
 		opts.StaleAfter = 10 * time.Second
+	}
+	if opts.pageSize <= 0 {
+		opts.pageSize, opts.splitAt = pageSize, splitAt
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
@@ -358,12 +365,12 @@ func (k *KV) loadRange(ctx context.Context, tx *bbolt.Tx, p string, rev int64, d
 	from, n := p, 0
 	for first := true; ; first = false {
 		rctx, cancel := context.WithTimeout(ctx, k.opts.RequestTimeout)
-		resp, err := k.cli.Get(rctx, from, clientv3.WithRange(end), clientv3.WithLimit(pageSize), clientv3.WithRev(rev))
+		resp, err := k.cli.Get(rctx, from, clientv3.WithRange(end), clientv3.WithLimit(k.opts.pageSize), clientv3.WithRev(rev))
 		cancel()
 		if err != nil {
 			return n, fmt.Errorf("read %s at revision %d: %w", p, rev, err)
 		}
-		if first && resp.Count > splitAt && depth < maxSplitDepth {
+		if first && resp.Count > k.opts.splitAt && depth < maxSplitDepth {
 			total := 0
 			for _, digit := range "0123456789abcdef" {
 				m, err := k.loadRange(ctx, tx, p+string(digit), rev, depth+1)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -690,5 +691,73 @@ func TestProgressDoesNotMoveResume(t *testing.T) {
 	}
 	if got := string(get(t, a, "domain", "example.org")); got != "v2" {
 		t.Fatalf("after replaying an older event: %q; want v2", got)
+	}
+}
+
+// TestFullLoadSplitsLargeRanges: with pages of 10 keys and ranges split
+// past 40, a full load of 700 suppressions (whose keys all begin with the
+// same hex digits) and a few keys of other buckets loads every key once.
+func TestFullLoadSplitsLargeRanges(t *testing.T) {
+	c := sharedCluster(t)
+	cli := c.Client(t)
+	const prefix = "/hermod-split"
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	want := map[string]bool{}
+	var ops []clientv3.Op
+	flush := func() {
+		if _, err := cli.Txn(ctx).Then(ops...).Commit(); err != nil {
+			t.Fatal(err)
+		}
+		ops = ops[:0]
+	}
+	for i := 0; i < 700; i++ {
+		key := fmt.Sprintf("\x00user%d@example.org", i)
+		want["suppress/"+key] = true
+		ops = append(ops, clientv3.OpPut(prefix+"/c/suppress/"+hex.EncodeToString([]byte(key)), `{"reason":"user-unknown"}`))
+		if len(ops) == 100 {
+			flush()
+		}
+	}
+	for _, name := range []string{"acme", "beta"} {
+		want["account/"+name] = true
+		ops = append(ops, clientv3.OpPut(prefix+"/c/account/"+hex.EncodeToString([]byte(name)), `{}`))
+	}
+	flush()
+	s, err := NewSealer(testSecret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := OpenKV(ctx, cli, KVOptions{Prefix: prefix, ReplicaPath: filepath.Join(t.TempDir(), "control.db"), Seal: s,
+		RequestTimeout: 5 * time.Second, pageSize: 10, splitAt: 40})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer k.Close()
+	got := map[string]bool{}
+	err = k.View(func(tx control.Tx) error {
+		for _, b := range []string{"suppress", "account"} {
+			if err := tx.Bucket(b).ForEach(func(key, _ []byte) error {
+				if got[b+"/"+string(key)] {
+					return fmt.Errorf("%s %q loaded twice", b, key)
+				}
+				got[b+"/"+string(key)] = true
+				return nil
+			}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(want) {
+		t.Fatalf("loaded %d keys, want %d", len(got), len(want))
+	}
+	for key := range want {
+		if !got[key] {
+			t.Fatalf("%q not loaded", key)
+		}
 	}
 }
