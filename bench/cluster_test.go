@@ -3,6 +3,7 @@ package bench
 import (
 	"bytes"
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -30,6 +31,9 @@ func TestBenchCluster(t *testing.T) {
 		t.Fatalf("build: %v\n%s", err, out)
 	}
 	n := 2000
+	if v, err := strconv.Atoi(os.Getenv("HERMOD_BENCH_N")); err == nil && v > 0 {
+		n = v // a longer run for the figures quoted in notes
+	}
 	var stdout, stderr bytes.Buffer
 	cmd := exec.Command(bin, "bench", "-timeout", "180s", "-n", strconv.Itoa(n), "-c", "20", "-dkim", "ed25519",
 		"-etcd", strings.Join(etcd.Endpoints(), ","))
