@@ -195,3 +195,22 @@ func TestEncodePanicsOnBadNodeID(t *testing.T) {
 		}()
 	}
 }
+
+func BenchmarkEncodeNode(b *testing.B) {
+	c := testCodec(b, "bench secret 0123456789abcdef")
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		_ = c.Encode("node0001-0123456789abcdef", i%MaxRecipients)
+	}
+}
+
+func BenchmarkDecodeNode(b *testing.B) {
+	c := testCodec(b, "bench secret 0123456789abcdef")
+	tok := c.Encode("node0001-0123456789abcdef", 1234)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, _, err := c.Decode(tok); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
