@@ -16,7 +16,7 @@
 # the way its probe does. Fields are split on "|", so a probe or version
 # command must not contain a pipe (use <<< for input).
 HERMOD_DEPS=(
-	"swaks|swaks|command -v swaks|swaks --version 2>&1 | head -n 1"
+	"swaks|swaks|command -v swaks|swaks --version 2>&1 | sed -n 1p"
 	"smtp-sink|postfix|test -x /usr/sbin/smtp-sink|/usr/sbin/postconf -d mail_version 2>/dev/null"
 	"dkimpy|python3-dkim|/usr/bin/python3 -P -c 'import dkim'|/usr/bin/python3 -P -c 'import importlib.metadata as m; print(\"dkimpy\", m.version(\"dkimpy\"))'"
 	"named-checkzone|bind9-utils|command -v named-checkzone|named-checkzone -v"
@@ -159,7 +159,7 @@ deps_ensure() {
 			failed=1
 			continue
 		fi
-		version=$(eval "$(deps_field "$row" 4)" 2>/dev/null | head -n 1)
+		version=$(eval "$(deps_field "$row" 4)" 2>/dev/null | sed -n 1p) || true # sed reads it all: no SIGPIPE for a tool that prints more
 		echo "ok - $name: ${version:-version unknown}"
 	done
 	return "$failed"
