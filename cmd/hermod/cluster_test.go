@@ -4,11 +4,19 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	crand "crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"io"
+	"math/big"
 	"mime"
 	"net"
 	"net/http"
@@ -26,6 +34,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/hermod-mta/hermod/internal/etcdtest"
@@ -1044,4 +1053,139 @@ func TestClusterMembership(t *testing.T) {
 	}
 	t.Logf("background lease moved from %s %s after its kill -9", holder, took.Round(time.Millisecond))
 	fmt.Printf("cluster membership: other VERP secret, other cluster secret and a taken node id refused at start; background lease moved %s after kill -9 of its holder (lease 3s)\n", took.Round(100*time.Millisecond))
+}
+
+// writeTLSFiles writes a CA, a server certificate for 127.0.0.1 and a
+// client certificate (both signed by the CA) as PEM files in dir.
+func writeTLSFiles(t *testing.T, dir string) (ca, serverCert, serverKey, clientCert, clientKey string) {
+	t.Helper()
+	newKey := func() *ecdsa.PrivateKey {
+		k, err := ecdsa.GenerateKey(elliptic.P256(), crand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k
+	}
+	write := func(name, typ string, der []byte) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	caKey := newKey()
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "hermod test etcd CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature}
+	caDER, err := x509.CreateCertificate(crand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caCert, _ := x509.ParseCertificate(caDER)
+	ca = write("ca.pem", "CERTIFICATE", caDER)
+	leaf := func(serial int64, cn string, usage x509.ExtKeyUsage, base string) (string, string) {
+		k := newKey()
+		tmpl := &x509.Certificate{SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: cn},
+			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+			KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{usage},
+			IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}}
+		der, err := x509.CreateCertificate(crand.Reader, tmpl, caCert, &k.PublicKey, caKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		kder, _ := x509.MarshalPKCS8PrivateKey(k)
+		return write(base+".pem", "CERTIFICATE", der), write(base+"-key.pem", "PRIVATE KEY", kder)
+	}
+	serverCert, serverKey = leaf(2, "127.0.0.1", x509.ExtKeyUsageServerAuth, "server")
+	clientCert, clientKey = leaf(3, "hermod", x509.ExtKeyUsageClientAuth, "client")
+	return
+}
+
+// TestClusterEtcdTLS: a node reaches an etcd that takes only TLS clients
+// with a certificate from its CA (cluster.etcd_ca_file, etcd_cert_file,
+// etcd_key_file); without its client certificate it refuses to start.
+func TestClusterEtcdTLS(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs etcd and hermod processes")
+	}
+	etcdtest.Require(t)
+	dir := t.TempDir()
+	ca, sc, sk, cc, ck := writeTLSFiles(t, dir)
+	client, peer := "https://"+testnet.FreeAddr(t), "http://"+testnet.FreeAddr(t)
+	cmd := exec.Command(etcdtest.Binary, "--name", "tls0", "--data-dir", filepath.Join(dir, "etcd"),
+		"--listen-client-urls", client, "--advertise-client-urls", client,
+		"--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer, "--initial-cluster", "tls0="+peer,
+		"--cert-file", sc, "--key-file", sk, "--trusted-ca-file", ca, "--client-cert-auth",
+		"--listen-metrics-urls", "", "--logger", "zap", "--log-outputs", "stderr", "--log-level", "warn")
+	logf, err := os.Create(filepath.Join(dir, "etcd.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	etcdLog := func() string { b, _ := os.ReadFile(logf.Name()); return tail(string(b), 2000) }
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	// Wait until etcd serves a client with the certificate, so that the
+	// refusal below is about the missing certificate, not a slow start.
+	pair, err := tls.LoadX509KeyPair(cc, ck)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	caPEM, _ := os.ReadFile(ca)
+	pool.AppendCertsFromPEM(caPEM)
+	probe, err := clientv3.New(clientv3.Config{Endpoints: []string{client}, DialTimeout: 2 * time.Second,
+		TLS: &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{pair}}, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer probe.Close()
+	eventually(t, 30*time.Second, "etcd with TLS answers", func() (bool, string) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_, err := probe.Get(ctx, "probe")
+		return err == nil, fmt.Sprint(err, etcdLog())
+	})
+
+	tc := &testCluster{t: t, dns: testnet.NewDNS(t), sink: testnet.NewSink(t), bin: buildHermod(t)}
+	tc.secret, tc.verp = filepath.Join(dir, "cluster.secret"), filepath.Join(dir, "verp.secret")
+	writeSecret(t, tc.secret, "cluster-secret-for-tests-0123456789abcdef")
+	writeSecret(t, tc.verp, "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n")
+	hash, _ := bcrypt.GenerateFromPassword([]byte("pw"), bcrypt.MinCost)
+	tc.hash = string(hash)
+	nd := &hermodNode{t: t, id: "n1", dir: t.TempDir(), bin: tc.bin, sub: testnet.FreeAddr(t), bounce: testnet.FreeAddr(t), api: testnet.FreeAddr(t)}
+	nd.conf, nd.logPath = filepath.Join(nd.dir, "hermod.toml"), filepath.Join(nd.dir, "hermod.log")
+	os.MkdirAll(filepath.Join(nd.dir, "data"), 0o700)
+	copyFile(t, tc.verp, filepath.Join(nd.dir, "data", "verp.secret"))
+	base := func() string {
+		tc.writeConf(nd, false)
+		b, _ := os.ReadFile(nd.conf)
+		return string(b) + fmt.Sprintf(`[cluster]
+node_id = "n1"
+etcd_endpoints = [%q]
+advertise = "http://%s"
+secret_file = %q
+etcd_ca_file = %q
+etcd_request_timeout = "3s"
+etcd_dial_timeout = "3s"
+`, client, nd.api, tc.secret, ca)
+	}
+	// Without a client certificate: refused, naming etcd.
+	os.WriteFile(nd.conf, []byte(base()), 0o600)
+	if out := nd.startFails(); !strings.Contains(out, "does not answer") {
+		t.Fatalf("a node without its etcd client certificate: %s\netcd: %s", out, etcdLog())
+	}
+	os.WriteFile(nd.conf, []byte(base()+fmt.Sprintf("etcd_cert_file = %q\netcd_key_file = %q\n", cc, ck)), 0o600)
+	tc.nodes = append(tc.nodes, nd)
+	t.Cleanup(func() { nd.stop() })
+	nd.start()
+	nd.mustCall(200, "PUT", "/v1/accounts/acme", map[string]any{"owner": "owner@acme.test"}, nil)
+	nd.mustCall(200, "GET", "/v1/accounts/acme", nil, nil)
+	if st, raw := nd.clusterStatus(); len(st.Members) != 1 || !st.Members[0].Healthy || len(st.Nodes) != 1 {
+		t.Fatalf("cluster status over TLS: %s", raw)
+	}
 }
