@@ -74,6 +74,7 @@ type Daemon struct {
 	// cluster is nil on a single node (no [cluster] section).
 	cluster *clusterNode
 	intake  *bounceIntake
+	pending *pendingSuppressions // suppressions the list could not take yet
 	now     func() time.Time
 
 	token     string // the API bearer token
@@ -156,6 +157,7 @@ func New(cfg *config.Config, log *slog.Logger, o Options) (_ *Daemon, err error)
 	if err != nil {
 		return nil, err
 	}
+	d.pending = newPendingSuppressions(cfg.Suppress.Scope)
 	if d.Control, err = d.openControl(secret); err != nil {
 		return nil, err
 	}
@@ -174,7 +176,7 @@ func New(cfg *config.Config, log *slog.Logger, o Options) (_ *Daemon, err error)
 	}
 	// What follows a status change is derived from the committed event log,
 	// each consumer recording its own progress with its own effects.
-	if d.suppressFollower, err = queue.NewFollower(d.Store, "suppression", &suppressionConsumer{list: d.Suppress, name: d.consumerName()}); err != nil {
+	if d.suppressFollower, err = queue.NewFollower(d.Store, "suppression", &suppressionConsumer{list: d.Suppress, name: d.consumerName(), pending: d.pending}); err != nil {
 		return nil, fmt.Errorf("open suppression list: %w", err)
 	}
 	if d.webhookFollower, err = queue.NewFollower(d.Store, "webhooks", d.Webhooks); err != nil {
@@ -222,11 +224,11 @@ func New(cfg *config.Config, log *slog.Logger, o Options) (_ *Daemon, err error)
 	}
 	d.Pipeline = submit.New(submit.Options{
 		Hostname: cfg.Hostname, Rule: rule, PlatformSigner: d.PlatformSigner, VERP: d.VERP,
-		Accounts: accountsView{d.Domains}, Suppressions: suppressionsView{d.Suppress}, Queue: d.Store,
+		Accounts: accountsView{d.Domains}, Suppressions: suppressionsView{d.Suppress, d.pending}, Queue: d.Store,
 		Now: o.Now, Logger: log, OnSign: m.DKIMSignatures.Inc, Node: cfg.Node(),
 	})
 	notifier.pipeline = d.Pipeline
-	d.Runner = queue.NewRunner(d.Store, &deliverer{relay: d.Relay, suppress: d.Suppress}, queue.RunnerOptions{
+	d.Runner = queue.NewRunner(d.Store, &deliverer{relay: d.Relay, suppress: d.Suppress, pending: d.pending}, queue.RunnerOptions{
 		Concurrency: cfg.Relay.Concurrency, PerDestination: cfg.Relay.PerDestination,
 		Retry: cfg.Relay.Retry, MaxAge: cfg.Relay.MaxAge, Jitter: 0.1, DelayWarning: cfg.Relay.DelayWarning,
 		OnAttempt: observeAttempt(log, m),
@@ -570,10 +572,17 @@ func (a accountsView) SigningKey(d string) (string, string, crypto.Signer, bool)
 	return a.s.SigningKey(d)
 }
 
-// suppressionsView adapts the suppression list to the pipeline.
-type suppressionsView struct{ l *suppress.List }
+// suppressionsView adapts the suppression list, and the suppressions it
+// could not take yet, to the pipeline.
+type suppressionsView struct {
+	l       *suppress.List
+	pending *pendingSuppressions
+}
 
 func (v suppressionsView) Suppressed(account, address string) (string, bool, error) {
+	if e, ok := v.pending.lookup(account, address); ok {
+		return e.Reason, true, nil
+	}
 	e, ok, err := v.l.Lookup(account, address)
 	if err != nil {
 		if errors.Is(err, suppress.ErrInvalidAddress) {
@@ -584,14 +593,14 @@ func (v suppressionsView) Suppressed(account, address string) (string, bool, err
 	return e.Reason, ok, nil
 }
 
-// suppressionConsumer turns committed status events into changes of the
-// suppression list (queue.Consumer).
 // suppressionConsumer applies the suppressions that committed events
 // cause. Its cursor is named per node (one list, many spools on a
 // cluster).
 type suppressionConsumer struct {
 	list *suppress.List
 	name string // consumerName, or consumerName@node on a cluster
+	// pending holds what the list could not take yet.
+	pending *pendingSuppressions
 }
 
 // consumerName is the suppression list's cursor name for the local spool.
@@ -615,8 +624,10 @@ func (c *suppressionConsumer) Consume(evs []queue.Event) error {
 		}
 		if len(changes) == maxChangesPerApply || i == len(evs)-1 {
 			if err := c.list.ApplyChanges(c.name, ev.Seq, changes); err != nil {
+				c.pending.hold(changes)
 				return err
 			}
+			c.pending.release(changes)
 			changes = changes[:0]
 		}
 	}

@@ -17,9 +17,16 @@ import (
 type deliverer struct {
 	relay    *relay.Relay
 	suppress *suppress.List
+	pending  *pendingSuppressions
 }
 
 func (d *deliverer) Deliver(ctx context.Context, dl queue.Delivery) queue.Result {
+	if d.pending != nil {
+		if e, ok := d.pending.lookup(dl.Message.Account, dl.Recipient.Address); ok {
+			return queue.Result{Status: queue.StatusSuppressed, Reason: e.Reason, Source: "suppress",
+				Text: "address is suppressed by a bounce not yet on the suppression list (" + e.Reason + ")"}
+		}
+	}
 	if d.suppress != nil {
 		if e, ok, err := d.suppress.Lookup(dl.Message.Account, dl.Recipient.Address); err == nil && ok {
 			return queue.Result{Status: queue.StatusSuppressed, Reason: e.Reason, Source: "suppress",

@@ -66,6 +66,8 @@ func (d *Daemon) registerClusterGauges() {
 			}},
 		metrics.Func{Desc: metrics.NewDesc("hermod_cluster_bounce_forwards_pending", "Bounces for other nodes' messages kept until their owner applies them."),
 			Type: prometheus.GaugeValue, Collect: func() map[string]float64 { return single(float64(c.forwards.Pending())) }},
+		metrics.Func{Desc: metrics.NewDesc("hermod_cluster_suppressions_pending", "Suppressions from this node's bounces that etcd has not taken yet (this node applies them meanwhile)."),
+			Type: prometheus.GaugeValue, Collect: func() map[string]float64 { return single(float64(d.pending.size())) }},
 		metrics.Func{Desc: metrics.NewDesc("hermod_cluster_bounce_forwards_total", "Bounces forwarded to, and applied by, their owner node."),
 			Type: prometheus.CounterValue, Collect: func() map[string]float64 { return single(float64(c.forwards.Forwarded())) }},
 	)

@@ -706,6 +706,13 @@ func TestClusterEtcdFaults(t *testing.T) {
 		m := tc.sinkMessage("outage@dest.test", nil, 15*time.Second)
 		sendDSN(t, n1.bounce, m.From, "outage@dest.test")
 		n1.waitStatus(id, "bounced", 15*time.Second)
+		// The node that took the bounce stops its own mail to the address
+		// at once, though etcd cannot take the suppression yet.
+		again := n1.submit("outage@dest.test")
+		n1.waitStatus(again, "suppressed", 10*time.Second)
+		if n := n1.metric("hermod_cluster_suppressions_pending"); n != 1 {
+			t.Fatalf("node 1 holds %v suppressions for etcd; want 1", n)
+		}
 
 		refused := time.Since(start)
 		tc.etcd.RestartNoWait(0)
