@@ -18,6 +18,7 @@ import (
 	"sync"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
@@ -82,6 +83,9 @@ func EtcdClient(cfg *config.Config) (*clientv3.Client, error) {
 		cc.Username, cc.Password = cl.EtcdUsername, pw
 	}
 	cli, err := clientv3.New(cc)
+	if errors.Is(err, rpctypes.ErrAuthFailed) {
+		return nil, fmt.Errorf("cluster.etcd_username / cluster.etcd_password_file: etcd refused them (%w): check the user and the password in the file", err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("cluster.etcd_endpoints: %w", err)
 	}

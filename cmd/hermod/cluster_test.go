@@ -1201,3 +1201,52 @@ etcd_dial_timeout = "3s"
 		t.Fatalf("cluster status over TLS: %s", raw)
 	}
 }
+
+// TestClusterEtcdAuth: with etcd's authentication on, a node with
+// cluster.etcd_username and etcd_password_file, granted read and write on
+// its prefix only, joins and writes; with a wrong password it refuses to
+// start.
+func TestClusterEtcdAuth(t *testing.T) {
+	tc := newTestCluster(t)
+	cli := tc.etcd.Client(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	steps := []func() error{
+		func() error { _, err := cli.UserAdd(ctx, "root", "root-pw"); return err },
+		func() error { _, err := cli.UserGrantRole(ctx, "root", "root"); return err },
+		func() error { _, err := cli.RoleAdd(ctx, "hermod"); return err },
+		func() error {
+			_, err := cli.RoleGrantPermission(ctx, "hermod", "/hermod", clientv3.GetPrefixRangeEnd("/hermod"), clientv3.PermissionType(clientv3.PermReadWrite))
+			return err
+		},
+		func() error { _, err := cli.UserAdd(ctx, "hermod", "s3cret-pw"); return err },
+		func() error { _, err := cli.UserGrantRole(ctx, "hermod", "hermod"); return err },
+		func() error { _, err := cli.AuthEnable(ctx); return err },
+	}
+	for i, step := range steps {
+		if err := step(); err != nil {
+			t.Fatalf("etcd auth setup step %d: %v", i, err)
+		}
+	}
+	nd := tc.addNode("n1", true)
+	pwFile := filepath.Join(nd.dir, "data", "etcd.password")
+	conf, _ := os.ReadFile(nd.conf)
+	withAuth := string(conf) + fmt.Sprintf("etcd_username = \"hermod\"\netcd_password_file = %q\n", pwFile)
+	os.WriteFile(nd.conf, []byte(withAuth), 0o600)
+
+	writeSecret(t, pwFile, "wrong-pw\n")
+	tc.nodes = nil // the refused start leaves nothing to stop
+	if out := nd.startFails(); !strings.Contains(out, "cluster.etcd_password_file: etcd refused them") {
+		t.Fatalf("a node with a wrong etcd password: %s", out)
+	}
+	writeSecret(t, pwFile, "s3cret-pw\n")
+	tc.nodes = []*hermodNode{nd}
+	nd.start()
+	nd.mustCall(200, "PUT", "/v1/accounts/acme", map[string]any{"owner": "owner@acme.test"}, nil)
+	nd.mustCall(200, "GET", "/v1/accounts/acme", nil, nil)
+	id := nd.submit("reader@dest.test")
+	nd.waitStatus(id, "sent", 10*time.Second)
+	if st, raw := nd.clusterStatus(); len(st.Members) != 3 || len(st.Nodes) != 1 || st.Background != "n1" {
+		t.Fatalf("cluster status as the hermod etcd user: %s", raw)
+	}
+}
