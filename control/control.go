@@ -86,6 +86,7 @@ var Buckets = []BucketSpec{
 	{Name: "domain.account"},
 	{Name: "domain.due"},
 	{Name: "domainkeys", Secret: true},
+	{Name: "domain.claims"},
 	{Name: "suppress"},
 	{Name: "suppress-soft"},
 	{Name: "suppress-cursors"},

@@ -11,6 +11,7 @@
 //	domain.account      account ID + NUL + domain → nil (listing per account)
 //	domain.due          8-byte big-endian NextCheck (Unix ns) + domain → nil
 //	domainkeys          A-label domain → PKCS#8 PEM private key
+//	domain.claims       "registrations" → a counter every AddDomain bumps
 //
 // The sender rule asks IsVerified and SigningKey on every message; both
 // read an in-memory copy built at Open and refreshed after every committed
@@ -38,7 +39,11 @@ const (
 	bucketByAccount = "domain.account"
 	bucketDue       = "domain.due"
 	bucketKeys      = "domainkeys"
+	// bucketClaims holds one counter every registration bumps (bumpClaims).
+	bucketClaims = "domain.claims"
 )
+
+var claimsKey = []byte("registrations")
 
 // Account is a company account. The custom-domain option belongs to the
 // account, not to its users (seed: billed per company account).

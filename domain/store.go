@@ -134,6 +134,14 @@ func (s *Store) AddDomain(accountID, input string) (Domain, error) {
 		if err := conflict(tx, accountID, name, uname); err != nil {
 			return err
 		}
+		// Every registration reads and bumps one key, so that two made at
+		// once (two nodes of a cluster) conflict and the later one is run
+		// again and sees the earlier: the check for a registered
+		// subdomain is a scan, which a cluster transaction does not
+		// compare on its own.
+		if err := bumpClaims(tx); err != nil {
+			return err
+		}
 		if err := tx.Bucket(bucketKeys).Put([]byte(name), pemKey); err != nil {
 			return err
 		}
@@ -150,6 +158,18 @@ func (s *Store) AddDomain(accountID, input string) (Domain, error) {
 	}
 	s.log.Info("domain added", "account", accountID, "domain", name, "selector", selector)
 	return d, nil
+}
+
+// bumpClaims increments the registrations counter (bucketClaims).
+func bumpClaims(tx control.Tx) error {
+	b := tx.Bucket(bucketClaims)
+	var n uint64
+	if v := b.Get(claimsKey); len(v) == 8 {
+		n = binary.BigEndian.Uint64(v)
+	}
+	var v [8]byte
+	binary.BigEndian.PutUint64(v[:], n+1)
+	return b.Put(claimsKey, v[:])
 }
 
 func (s *Store) checkFree(accountID, name, uname string) error {

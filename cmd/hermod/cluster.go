@@ -401,13 +401,14 @@ type importItem struct {
 // importItems reads every control bucket of a single node's store. The
 // suppression list's cursor of the single node's spool ("spool") becomes
 // this node's ("spool@NODE"): the spool comes along, and its events must
-// not be applied twice. The cluster bucket is the cluster's own.
+// not be applied twice. The cluster bucket and the registrations counter
+// are the cluster's own.
 func importItems(src *bbolt.DB, node string) ([]importItem, error) {
 	var items []importItem
 	err := src.View(func(tx *bbolt.Tx) error {
 		for _, spec := range control.Buckets {
-			if spec.Name == "cluster" {
-				continue
+			if spec.Name == "cluster" || spec.Name == "domain.claims" {
+				continue // the cluster's own; a counter, not data
 			}
 			b := tx.Bucket([]byte(spec.Name))
 			if b == nil {
