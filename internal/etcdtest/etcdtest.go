@@ -281,19 +281,28 @@ func (c *Cluster) ClientOf(t testing.TB, endpoints ...string) *clientv3.Client {
 // Kill sends SIGKILL to member i and waits for it to exit.
 func (c *Cluster) Kill(i int) {
 	c.t.Helper()
+	if pid, ok := c.kill(i); !ok {
+		c.t.Fatalf("etcdtest: member %d (pid %d) did not exit after SIGKILL", i, pid)
+	}
+}
+
+// kill sends SIGKILL to member i, if it runs, and waits up to 10 s for it
+// to exit; ok is false if it did not.
+func (c *Cluster) kill(i int) (pid int, ok bool) {
 	m := c.members[i]
 	m.mu.Lock()
 	cmd, exited := m.cmd, m.exited
 	m.cmd = nil
 	m.mu.Unlock()
 	if cmd == nil {
-		return
+		return 0, true
 	}
 	_ = syscall.Kill(cmd.Process.Pid, syscall.SIGKILL)
 	select {
 	case <-exited:
+		return cmd.Process.Pid, true
 	case <-time.After(10 * time.Second):
-		c.t.Fatalf("etcdtest: member %d (pid %d) did not exit after SIGKILL", i, cmd.Process.Pid)
+		return cmd.Process.Pid, false
 	}
 }
 
@@ -347,18 +356,6 @@ func (c *Cluster) CompactNow(t testing.TB, cli *clientv3.Client) int64 {
 
 func (c *Cluster) stopAll() {
 	for i := range c.members {
-		m := c.members[i]
-		m.mu.Lock()
-		cmd, exited := m.cmd, m.exited
-		m.cmd = nil
-		m.mu.Unlock()
-		if cmd == nil {
-			continue
-		}
-		_ = syscall.Kill(cmd.Process.Pid, syscall.SIGKILL)
-		select {
-		case <-exited:
-		case <-time.After(10 * time.Second):
-		}
+		c.kill(i)
 	}
 }
