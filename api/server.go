@@ -10,7 +10,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/hermod-mta/hermod/control"
 	"log/slog"
 	"net/http"
 	"net/url"
@@ -18,6 +17,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hermod-mta/hermod/control"
 	"github.com/hermod-mta/hermod/domain"
 	"github.com/hermod-mta/hermod/queue"
 	"github.com/hermod-mta/hermod/suppress"
@@ -215,16 +215,23 @@ func queryInt(r *http.Request, key string, def, lo, hi int) (int, error) {
 	return n, nil
 }
 
-func (s *Server) getMessage(w http.ResponseWriter, r *http.Request) {
+// localMessage checks the {id} of a message request and reports whether
+// this node answers it; if not, it has answered: 400 for what is not a
+// message id, or the owner's answer on a cluster.
+func (s *Server) localMessage(w http.ResponseWriter, r *http.Request) bool {
 	id := r.PathValue("id")
 	if !queue.ValidID(id) {
 		writeError(w, http.StatusBadRequest, "bad_id", "not a message id: give the id of the 250 reply (16 characters 0-9a-v, on a cluster after the node id and a dash)")
+		return false
+	}
+	return !s.forwarded(w, r, id)
+}
+
+func (s *Server) getMessage(w http.ResponseWriter, r *http.Request) {
+	if !s.localMessage(w, r) {
 		return
 	}
-	if s.forwarded(w, r, id) {
-		return
-	}
-	m, err := s.opts.Queue.Get(id)
+	m, err := s.opts.Queue.Get(r.PathValue("id"))
 	if err != nil {
 		s.fail(w, err)
 		return
@@ -265,11 +272,7 @@ func (s *Server) findMessages(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) deleteMessage(w http.ResponseWriter, r *http.Request) {
-	if !queue.ValidID(r.PathValue("id")) {
-		writeError(w, http.StatusBadRequest, "bad_id", "not a message id: give the id of the 250 reply (16 characters 0-9a-v, on a cluster after the node id and a dash)")
-		return
-	}
-	if s.forwarded(w, r, r.PathValue("id")) {
+	if !s.localMessage(w, r) {
 		return
 	}
 	if err := s.opts.Queue.Delete(r.Context(), r.PathValue("id")); err != nil {
@@ -280,11 +283,7 @@ func (s *Server) deleteMessage(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) retryMessage(w http.ResponseWriter, r *http.Request) {
-	if !queue.ValidID(r.PathValue("id")) {
-		writeError(w, http.StatusBadRequest, "bad_id", "not a message id: give the id of the 250 reply (16 characters 0-9a-v, on a cluster after the node id and a dash)")
-		return
-	}
-	if s.forwarded(w, r, r.PathValue("id")) {
+	if !s.localMessage(w, r) {
 		return
 	}
 	n, err := s.opts.Queue.Retry(r.Context(), r.PathValue("id"))

@@ -23,22 +23,14 @@ type bounceIntake struct {
 	// is answered once its suppression has taken effect.
 	applied *queue.Follower
 	log     *slog.Logger
-	// On a cluster: the node that owns a message id ("" for this node's
-	// own ids and on a single node), this node, and where the reports for
-	// other nodes' messages go.
-	nodeOf   func(id string) string
+	// On a cluster: this node ("" on a single node), and where the
+	// reports for other nodes' messages go.
 	self     string
 	forwards *forwarder
 }
 
 // local reports whether this node owns message id.
-func (b *bounceIntake) local(id string) bool {
-	if b.nodeOf == nil {
-		return true
-	}
-	n := b.nodeOf(id)
-	return n == "" || n == b.self
-}
+func (b *bounceIntake) local(id string) bool { return owns(b.self, id) }
 
 func (b *bounceIntake) Known(id string, index int) bool {
 	if !b.local(id) {
@@ -64,7 +56,7 @@ func (b *bounceIntake) Receive(ctx context.Context, remote netip.Addr, mailFrom 
 				Report: rep, Received: time.Now().UTC()}); err != nil {
 				return err
 			}
-			b.log.Info("bounce for another node's message kept for forwarding", "msgid", rc.MessageID, "owner", b.nodeOf(rc.MessageID), "client", remote)
+			b.log.Info("bounce for another node's message kept for forwarding", "msgid", rc.MessageID, "owner", nodeOf(rc.MessageID), "client", remote)
 			continue
 		}
 		if err := b.apply(ctx, remote, rc, rep); err != nil {

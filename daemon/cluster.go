@@ -38,7 +38,6 @@ const ReplicaFile = "control.db"
 // election for background work, and the bounces kept for other nodes.
 type clusterNode struct {
 	node     string
-	prefix   string
 	cli      *clientv3.Client
 	kv       *cluster.KV
 	reg      *nodes.Registry
@@ -105,7 +104,7 @@ func (d *Daemon) openCluster(verpSecret []byte) (*clusterNode, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &clusterNode{node: cl.NodeID, prefix: cl.EtcdPrefix, cli: cli, auth: nodes.NewAuth(secret, cl.NodeID, d.now),
+	c := &clusterNode{node: cl.NodeID, cli: cli, auth: nodes.NewAuth(secret, cl.NodeID, d.now),
 		client: &http.Client{Timeout: 15 * time.Second}}
 	ok := false
 	defer func() {
@@ -132,17 +131,10 @@ func (d *Daemon) openCluster(verpSecret []byte) (*clusterNode, error) {
 		Heartbeat: cl.Heartbeat, LeaseFile: filepath.Join(cfg.DataDir, "cluster.lease"), Logger: d.log, Now: d.now,
 		Stats: func() (int64, int64, time.Time) {
 			counts := d.Store.Counts()
-			var staleSince time.Time
-			if since, stale := c.kv.Stale(); stale {
-				staleSince = since
-				if staleSince.IsZero() {
-					staleSince = d.now() // never heard from etcd since start
-				}
-			}
-			return counts[queue.StatusQueued] + counts[queue.StatusDeferred], c.kv.Revision(), staleSince
+			return counts[queue.StatusQueued] + counts[queue.StatusDeferred], c.kv.Revision(), c.staleSince(d.now())
 		}})
 	c.bg = nodes.NewBackground(cli, cl.EtcdPrefix, cl.NodeID, 3*cl.Heartbeat, d.log)
-	if c.forwards, err = newForwarder(d.Store.DB(), nodeOf, c.reg, c.auth, d.log, d.now); err != nil {
+	if c.forwards, err = newForwarder(d.Store.DB(), c.reg, c.auth, c.client, d.log, d.now); err != nil {
 		return nil, err
 	}
 	ok = true
@@ -151,6 +143,17 @@ func (d *Daemon) openCluster(verpSecret []byte) (*clusterNode, error) {
 
 // nodeOf is the node that owns message id ("" for a single node's id).
 func nodeOf(id string) string { return string(queue.IDNode(id)) }
+
+// owns reports whether node self owns message id. On a single node (self
+// "") every id is its own; on a cluster, ids without a node (queued
+// before the node joined) are too.
+func owns(self, id string) bool {
+	if self == "" {
+		return true
+	}
+	n := nodeOf(id)
+	return n == "" || n == self
+}
 
 // fingerprint is what the cluster keeps of its shared secrets: HMACs that
 // tell whether two nodes hold the same secret without revealing it.
@@ -221,6 +224,19 @@ func (c *clusterNode) start(ctx context.Context, d *Daemon, background func(cont
 	return nil
 }
 
+// staleSince is when this node's copy of the control data stopped being
+// followed from etcd (now if it never was), zero while it is followed.
+func (c *clusterNode) staleSince(now time.Time) time.Time {
+	since, stale := c.kv.Stale()
+	switch {
+	case !stale:
+		return time.Time{}
+	case since.IsZero():
+		return now
+	}
+	return since
+}
+
 func (c *clusterNode) close() {
 	if c.kv != nil {
 		_ = c.kv.Close()
@@ -240,10 +256,7 @@ type clusterAPI struct {
 
 func (a clusterAPI) Node() string { return a.c.node }
 
-func (a clusterAPI) Local(id string) bool {
-	n := nodeOf(id)
-	return n == "" || n == a.c.node
-}
+func (a clusterAPI) Local(id string) bool { return owns(a.c.node, id) }
 
 // maxPeerAnswer bounds what is read of another node's answer.
 const maxPeerAnswer = 32 << 20
@@ -274,23 +287,36 @@ func (a clusterAPI) Forward(w http.ResponseWriter, r *http.Request, id string) {
 
 // ask sends one signed request without a body to node n.
 func (c *clusterNode) ask(ctx context.Context, method string, n nodes.Node, uri string) (int, []byte, error) {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	return askNode(ctx, c.client, c.auth, method, n.Advertise+uri, nil, 10*time.Second)
+}
+
+// askNode sends one request signed with auth (body nil for none) within
+// timeout and returns the status and the answer (at most maxPeerAnswer).
+func askNode(ctx context.Context, client *http.Client, auth *nodes.Auth, method, url string, body []byte, timeout time.Duration) (int, []byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, method, n.Advertise+uri, nil)
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, url, rd)
 	if err != nil {
 		return 0, nil, err
 	}
-	c.auth.Sign(req, nil)
-	resp, err := c.client.Do(req)
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	auth.Sign(req, body)
+	resp, err := client.Do(req)
 	if err != nil {
 		return 0, nil, err
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, maxPeerAnswer))
+	answer, err := io.ReadAll(io.LimitReader(resp.Body, maxPeerAnswer))
 	if err != nil {
 		return 0, nil, err
 	}
-	return resp.StatusCode, body, nil
+	return resp.StatusCode, answer, nil
 }
 
 func (a clusterAPI) Gather(ctx context.Context, r *http.Request, rewrite func(node string, q url.Values)) (map[string][]byte, []string) {
@@ -352,9 +378,7 @@ func (d *Daemon) nodeViewHandler() http.Handler {
 		c := d.cluster
 		v := NodeView{Node: c.node, Revision: c.kv.Revision(), Reloads: c.kv.Reloads(),
 			ForwardsPending: c.forwards.Pending(), Nodes: c.reg.Nodes()}
-		if since, stale := c.kv.Stale(); stale {
-			v.StaleSince = since
-		}
+		v.StaleSince = c.staleSince(d.now())
 		w.Header().Set("Content-Type", "application/json; charset=utf-8")
 		_ = json.NewEncoder(w).Encode(v)
 	})

@@ -260,7 +260,7 @@ func New(cfg *config.Config, log *slog.Logger, o Options) (_ *Daemon, err error)
 	}
 	d.intake = &bounceIntake{store: d.Store, applied: d.suppressFollower, log: log}
 	if d.cluster != nil {
-		d.intake.nodeOf, d.intake.self, d.intake.forwards = nodeOf, d.cluster.node, d.cluster.forwards
+		d.intake.self, d.intake.forwards = d.cluster.node, d.cluster.forwards
 	}
 	d.Bounces = smtpd.NewBounceServer(smtpd.BounceOptions{
 		Hostname: cfg.Hostname, BounceDomain: cfg.Bounce.Domain, ReturnPathLabel: cfg.Sender.ReturnPathLabel,

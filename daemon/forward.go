@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"net/netip"
@@ -52,7 +51,6 @@ type forward struct {
 // forwarder keeps and sends forwards.
 type forwarder struct {
 	db     *bbolt.DB
-	owner  func(id string) string // the node that owns a message id
 	reg    *nodes.Registry
 	auth   *nodes.Auth
 	client *http.Client
@@ -64,7 +62,7 @@ type forwarder struct {
 	forwarded int
 }
 
-func newForwarder(db *bbolt.DB, owner func(string) string, reg *nodes.Registry, auth *nodes.Auth, log *slog.Logger, now func() time.Time) (*forwarder, error) {
+func newForwarder(db *bbolt.DB, reg *nodes.Registry, auth *nodes.Auth, client *http.Client, log *slog.Logger, now func() time.Time) (*forwarder, error) {
 	err := db.Update(func(tx *bbolt.Tx) error {
 		_, err := tx.CreateBucketIfNotExists(forwardsBucket)
 		return err
@@ -72,8 +70,7 @@ func newForwarder(db *bbolt.DB, owner func(string) string, reg *nodes.Registry, 
 	if err != nil {
 		return nil, fmt.Errorf("cluster forwards: %w", err)
 	}
-	return &forwarder{db: db, owner: owner, reg: reg, auth: auth, log: log, now: now, kick: make(chan struct{}, 1),
-		client: &http.Client{Timeout: 15 * time.Second}}, nil
+	return &forwarder{db: db, reg: reg, auth: auth, client: client, log: log, now: now, kick: make(chan struct{}, 1)}, nil
 }
 
 // Add keeps f durably; it returns once f is on disk.
@@ -169,7 +166,7 @@ func (fw *forwarder) pass(ctx context.Context) (sent int, failed bool) {
 	})
 	down := map[string]bool{}
 	for _, it := range items {
-		owner := fw.owner(it.f.MessageID)
+		owner := nodeOf(it.f.MessageID)
 		if down[owner] || ctx.Err() != nil {
 			continue
 		}
@@ -212,30 +209,20 @@ func (fw *forwarder) send(ctx context.Context, owner string, f forward) (done bo
 	if err != nil {
 		return false, err
 	}
-	rctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(rctx, http.MethodPost, n.Advertise+forwardPath, bytes.NewReader(body))
+	status, msg, err := askNode(ctx, fw.client, fw.auth, http.MethodPost, n.Advertise+forwardPath, body, 15*time.Second)
 	if err != nil {
 		return false, err
 	}
-	req.Header.Set("Content-Type", "application/json")
-	fw.auth.Sign(req, body)
-	resp, err := fw.client.Do(req)
-	if err != nil {
-		return false, err
-	}
-	defer resp.Body.Close()
-	msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
 	switch {
-	case resp.StatusCode == http.StatusOK:
+	case status == http.StatusOK:
 		fw.log.Info("cluster: bounce forwarded", "owner", owner, "msgid", f.MessageID, "rcpt", f.Index)
 		return true, nil
-	case resp.StatusCode >= 400 && resp.StatusCode < 500 && resp.StatusCode != http.StatusTooManyRequests && resp.StatusCode != http.StatusUnauthorized:
+	case status >= 400 && status < 500 && status != http.StatusTooManyRequests && status != http.StatusUnauthorized:
 		fw.log.Warn("cluster: bounce forward refused by its owner; dropped", "owner", owner, "msgid", f.MessageID,
-			"status", resp.StatusCode, "answer", string(msg))
+			"status", status, "answer", string(msg[:min(len(msg), 4096)]))
 		return true, nil
 	default:
-		return false, fmt.Errorf("%s answered %d: %s", owner, resp.StatusCode, bytes.TrimSpace(msg))
+		return false, fmt.Errorf("%s answered %d: %s", owner, status, bytes.TrimSpace(msg[:min(len(msg), 4096)]))
 	}
 }
 
