@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"os"
@@ -112,16 +113,8 @@ func (d *Daemon) openCluster(verpSecret []byte) (*clusterNode, error) {
 			c.close()
 		}
 	}()
-	sealer, err := cluster.NewSealer(secret)
-	if err != nil {
-		return nil, fmt.Errorf("cluster.secret_file: %w", err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), cl.EtcdDialTimeout+cl.EtcdRequestTimeout)
-	defer cancel()
-	c.kv, err = cluster.OpenKV(ctx, cli, cluster.KVOptions{Prefix: cl.EtcdPrefix, ReplicaPath: filepath.Join(cfg.DataDir, ReplicaFile),
-		Seal: sealer, Logger: d.log, RequestTimeout: cl.EtcdRequestTimeout})
-	if err != nil {
-		return nil, fmt.Errorf("cluster: %w", err)
+	if c.kv, err = OpenClusterKV(cfg, cli, secret, filepath.Join(cfg.DataDir, ReplicaFile), d.log); err != nil {
+		return nil, err
 	}
 	if err := checkFingerprints(c.kv, secret, verpSecret); err != nil {
 		return nil, err
@@ -139,6 +132,25 @@ func (d *Daemon) openCluster(verpSecret []byte) (*clusterNode, error) {
 	}
 	ok = true
 	return c, nil
+}
+
+// OpenClusterKV opens the control data of cfg's cluster with its replica
+// at replicaPath, sealing keys with the cluster secret: for hermod and for
+// `hermod cluster import`, which must read and write it alike.
+func OpenClusterKV(cfg *config.Config, cli *clientv3.Client, secret []byte, replicaPath string, log *slog.Logger) (*cluster.KV, error) {
+	cl := cfg.Cluster
+	sealer, err := cluster.NewSealer(secret)
+	if err != nil {
+		return nil, fmt.Errorf("cluster.secret_file: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), cl.EtcdDialTimeout+cl.EtcdRequestTimeout)
+	defer cancel()
+	kv, err := cluster.OpenKV(ctx, cli, cluster.KVOptions{Prefix: cl.EtcdPrefix, ReplicaPath: replicaPath,
+		Seal: sealer, Logger: log, RequestTimeout: cl.EtcdRequestTimeout})
+	if err != nil {
+		return nil, fmt.Errorf("cluster: %w", err)
+	}
+	return kv, nil
 }
 
 // nodeOf is the node that owns message id ("" for a single node's id).

@@ -17,7 +17,6 @@ import (
 	bolterrors "go.etcd.io/bbolt/errors"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/hermod-mta/hermod/cluster"
 	"github.com/hermod-mta/hermod/config"
 	"github.com/hermod-mta/hermod/control"
 	"github.com/hermod-mta/hermod/daemon"
@@ -311,10 +310,6 @@ func (c *cli) clusterImport(args []string) error {
 	if err != nil {
 		return err
 	}
-	sealer, err := cluster.NewSealer(secret)
-	if err != nil {
-		return err
-	}
 	cli, err := daemon.EtcdClient(cfg)
 	if err != nil {
 		return err
@@ -325,10 +320,7 @@ func (c *cli) clusterImport(args []string) error {
 		return err
 	}
 	defer os.RemoveAll(tmp)
-	ctx, cancel := context.WithTimeout(context.Background(), cfg.Cluster.EtcdDialTimeout+cfg.Cluster.EtcdRequestTimeout)
-	defer cancel()
-	kv, err := cluster.OpenKV(ctx, cli, cluster.KVOptions{Prefix: cfg.Cluster.EtcdPrefix, ReplicaPath: filepath.Join(tmp, "replica.db"),
-		Seal: sealer, RequestTimeout: cfg.Cluster.EtcdRequestTimeout})
+	kv, err := daemon.OpenClusterKV(cfg, cli, secret, filepath.Join(tmp, "replica.db"), nil)
 	if err != nil {
 		return err
 	}
